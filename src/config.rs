@@ -1,0 +1,100 @@
+//! The command line: every flag of the contract, each also read from its environment variable.
+
+use clap::Parser;
+use std::time::Duration;
+
+/// Default for `--max-pending`: writes queued for the store before sends answer 503. About
+/// 100k message rows is tens of MB, and a few seconds of the fastest sustained send rate.
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+/// chatbus: a backend for interval-polling chat clients.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatbus", version, about)]
+pub struct Config {
+    /// Where to listen [default: 127.0.0.1:8080, or 0.0.0.0:$PORT when only PORT is set]
+    #[arg(long, env = "CHATBUS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// `sqlite:PATH` (embedded), `postgres://…`, or `memory:` (no persistence)
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", default_value = "sqlite:chatbus.db")]
+    pub database_url: String,
+
+    /// Close sessions idle for longer than this (e.g. 300ms, 2s, 5m)
+    #[arg(long, env = "CHATBUS_SESSION_TTL", value_name = "DUR", default_value = "5m", value_parser = positive_duration)]
+    pub session_ttl: Duration,
+
+    /// Drop messages older than this from mailboxes and the store
+    #[arg(long, env = "CHATBUS_MESSAGE_TTL", value_name = "DUR", default_value = "5m", value_parser = positive_duration)]
+    pub message_ttl: Duration,
+
+    /// Messages each user's mailbox holds
+    #[arg(long, env = "CHATBUS_MAILBOX_CAPACITY", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub mailbox_capacity: u32,
+
+    /// Runtime worker threads [default: number of cores]
+    #[arg(long, env = "CHATBUS_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Engine shards [default: --threads]
+    #[arg(long, env = "CHATBUS_SHARDS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: Option<u16>,
+
+    /// Answer a send only after the store committed it (group commit)
+    #[arg(long, env = "CHATBUS_DURABLE_ACKS")]
+    pub durable_acks: bool,
+
+    /// Writes queued for the store before sends answer 503
+    #[arg(long, env = "CHATBUS_MAX_PENDING", value_name = "N", default_value_t = DEFAULT_MAX_PENDING,
+          value_parser = positive_count)]
+    pub max_pending: usize,
+
+    /// How long to keep retrying a store that is unreachable at start (0: fail at once)
+    #[arg(long, env = "CHATBUS_CONNECT_TIMEOUT", value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
+impl Config {
+    /// Defaults for everything, as if no flag and no variable were given (for tests).
+    pub fn defaults() -> Self {
+        Self::parse_from(["chatbus"])
+    }
+
+    /// The address to listen on, applying the `PORT` rule.
+    pub fn listen_addr(&self) -> String {
+        match (&self.listen, std::env::var("PORT")) {
+            (Some(addr), _) => addr.clone(),
+            (None, Ok(port)) if !port.is_empty() => format!("0.0.0.0:{port}"),
+            _ => "127.0.0.1:8080".to_owned(),
+        }
+    }
+
+    /// Worker threads: `--threads`, or the number of cores.
+    pub fn worker_threads(&self) -> usize {
+        self.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Engine shards: `--shards`, or the worker thread count.
+    pub fn shard_count(&self) -> usize {
+        self.shards.map_or_else(|| self.worker_threads(), usize::from)
+    }
+}

@@ -1,0 +1,180 @@
+//! The engine's records ([`User`], [`Session`]) and the views the API renders from them.
+
+use crate::mailbox::Mailbox;
+use crate::render;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A user and their mailbox.
+#[derive(Debug)]
+pub struct User {
+    /// Server-chosen id.
+    pub id: i64,
+    /// External id; never changes.
+    pub uuid: String,
+    display_name: RwLock<Arc<str>>,
+    /// The user's messages (sent and received).
+    pub mailbox: Mailbox,
+    contacts: Mutex<BTreeSet<i64>>,
+    sessions: Mutex<Vec<u128>>,
+}
+
+impl User {
+    /// A user with an empty mailbox of `capacity`.
+    pub fn new(id: i64, uuid: String, display_name: Arc<str>, capacity: usize) -> Self {
+        Self {
+            id,
+            uuid,
+            display_name: RwLock::new(display_name),
+            mailbox: Mailbox::new(capacity),
+            contacts: Mutex::new(BTreeSet::new()),
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The user as the API shows it.
+    pub fn view(&self) -> UserView {
+        UserView { id: self.id, uuid: self.uuid.clone(), display_name: self.display_name.read().to_string() }
+    }
+
+    pub(crate) fn set_display_name(&self, name: Arc<str>) {
+        *self.display_name.write() = name;
+    }
+
+    /// Whether the user has a live session.
+    pub fn is_online(&self) -> bool {
+        !self.sessions.lock().is_empty()
+    }
+
+    pub(crate) fn add_session(&self, uuid: u128) {
+        self.sessions.lock().push(uuid);
+    }
+
+    pub(crate) fn remove_session(&self, uuid: u128) {
+        self.sessions.lock().retain(|&s| s != uuid);
+    }
+
+    pub(crate) fn take_sessions(&self) -> Vec<u128> {
+        std::mem::take(&mut *self.sessions.lock())
+    }
+
+    /// Contact ids, ascending.
+    pub fn contact_ids(&self) -> Vec<i64> {
+        self.contacts.lock().iter().copied().collect()
+    }
+
+    /// Returns whether the contact is new.
+    pub(crate) fn add_contact(&self, id: i64) -> bool {
+        self.contacts.lock().insert(id)
+    }
+
+    /// Returns whether the contact existed.
+    pub(crate) fn remove_contact(&self, id: i64) -> bool {
+        self.contacts.lock().remove(&id)
+    }
+
+    pub(crate) fn take_contacts(&self) -> BTreeSet<i64> {
+        std::mem::take(&mut *self.contacts.lock())
+    }
+}
+
+/// A live session.
+#[derive(Debug)]
+pub struct Session {
+    /// 128 random bits.
+    pub uuid: u128,
+    /// Its user.
+    pub user: Arc<User>,
+    /// Server timestamp, ns.
+    pub created: i64,
+    last_active: AtomicI64,
+    /// The `last_active` the store has (or has been sent).
+    persisted_active: AtomicI64,
+}
+
+/// `last_active` is only stored when it moved by at least this much, so a hot session's
+/// polls do not all write the same cache line.
+const TOUCH_GRANULARITY_NS: i64 = 1_000_000;
+
+impl Session {
+    /// A session as restored or created.
+    pub fn new(uuid: u128, user: Arc<User>, created: i64, last_active: i64) -> Self {
+        Self {
+            uuid,
+            user,
+            created,
+            last_active: AtomicI64::new(last_active),
+            persisted_active: AtomicI64::new(last_active),
+        }
+    }
+
+    /// When the session last polled or sent (ns).
+    pub fn last_active(&self) -> i64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    /// Marks the session active at `now` (ns).
+    pub fn touch(&self, now: i64) {
+        if now - self.last_active.load(Ordering::Relaxed) >= TOUCH_GRANULARITY_NS {
+            self.last_active.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The `last_active` to write, if it changed since the last call.
+    pub(crate) fn take_unpersisted_activity(&self) -> Option<i64> {
+        let now = self.last_active();
+        let before = self.persisted_active.swap(now, Ordering::Relaxed);
+        (before != now).then_some(now)
+    }
+
+    /// The session as the API shows it.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            uuid: crate::store::hex(self.uuid),
+            created_utc: render::timestamp(self.created),
+            last_active_utc: render::timestamp(self.last_active()),
+            user_id: self.user.id,
+            user: self.user.view(),
+        }
+    }
+}
+
+/// `User` in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserView {
+    /// Server-chosen id.
+    pub id: i64,
+    /// External id.
+    pub uuid: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// `Session` in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    /// 32 lowercase hex digits.
+    pub uuid: String,
+    /// RFC 3339 with nanoseconds.
+    pub created_utc: String,
+    /// RFC 3339 with nanoseconds.
+    pub last_active_utc: String,
+    /// The session's user id.
+    pub user_id: i64,
+    /// The session's user.
+    pub user: UserView,
+}
+
+/// `Contact` in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContactView {
+    /// The contact.
+    pub user: UserView,
+    /// The contact has a live session.
+    pub is_online: bool,
+    /// Always `false`: nothing in the API sets it (kept for the original's shape).
+    pub is_typing: bool,
+}

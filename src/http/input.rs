@@ -1,0 +1,233 @@
+//! Parsing what clients send: path segments and JSON bodies, each mistake a 400 naming its field.
+
+use super::error::ApiError;
+use crate::render::Cursor;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Longest `body`, in characters.
+pub const MAX_BODY_CHARS: usize = 1024;
+/// Longest user `uuid`, in characters.
+pub const MAX_UUID_CHARS: usize = 64;
+/// Longest `display_name`, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
+/// Largest `attachments`, serialised compactly.
+pub const MAX_ATTACHMENTS_BYTES: usize = 16 * 1024;
+
+/// An integer path segment named `field`.
+pub fn int_segment(seg: &str, field: &'static str) -> Result<i64, ApiError> {
+    seg.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{field}: not an integer (or out of range): {seg:?}")))
+}
+
+/// A session id path segment: 32 lowercase hex digits, or no such session.
+pub fn session_segment(seg: &str) -> Result<u128, ApiError> {
+    crate::store::parse_hex(seg).ok_or_else(|| ApiError::new(404, "session_id: no such session"))
+}
+
+/// A percent-decoded path segment (the external user id).
+pub fn decoded_segment(seg: &str) -> Result<Cow<'_, str>, ApiError> {
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("uuid: not valid UTF-8 after percent-decoding"))
+}
+
+/// The cutoff of `/api/messages/:session/:unix[/:nano]`, normalised like Go's `time.Unix`.
+pub fn cutoff(unix: Option<&str>, nano: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    let Some(unix) = unix else { return Ok(None) };
+    let unix = int_segment(unix, "unix")?;
+    let nano = nano.map(|n| int_segment(n, "nano")).transpose()?.unwrap_or(0);
+    Cursor::normalise(unix, nano)
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("unix: timestamp out of range after adding nano"))
+}
+
+fn object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("request body: not valid UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("request body: empty; expected a JSON object"));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let msg = if e.is_data() && !e.to_string().contains("duplicate field") {
+            "request body: expected a JSON object".to_owned()
+        } else {
+            format!("request body: invalid JSON ({e})")
+        };
+        ApiError::bad_request(msg)
+    })
+}
+
+fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<Cow<'a, str>>, ApiError> {
+    raw.map(|r| {
+        serde_json::from_str::<Cow<'a, str>>(r.get())
+            .map_err(|_| ApiError::bad_request(format!("{field}: must be a string")))
+    })
+    .transpose()
+}
+
+fn check_len(s: &str, field: &'static str, max: usize) -> Result<(), ApiError> {
+    if s.chars().count() > max {
+        return Err(ApiError::bad_request(format!("{field}: longer than {max} characters")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct RawUser<'a> {
+    #[serde(borrow, default)]
+    uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    display_name: Option<&'a RawValue>,
+}
+
+/// `POST /api/user`'s body.
+#[derive(Debug)]
+pub struct NewUser<'a> {
+    /// The external id, 1–64 characters.
+    pub uuid: Cow<'a, str>,
+    /// 0–256 characters, `""` when absent or null.
+    pub display_name: Cow<'a, str>,
+}
+
+/// Parses `{"uuid", "display_name"?}`.
+pub fn new_user(body: &[u8]) -> Result<NewUser<'_>, ApiError> {
+    let raw: RawUser<'_> = object(body)?;
+    let uuid = string(raw.uuid, "uuid")?.ok_or_else(|| ApiError::bad_request("uuid: required"))?;
+    if uuid.is_empty() {
+        return Err(ApiError::bad_request("uuid: must not be empty"));
+    }
+    check_len(&uuid, "uuid", MAX_UUID_CHARS)?;
+    let display_name = string(raw.display_name, "display_name")?.unwrap_or_default();
+    check_len(&display_name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
+    Ok(NewUser { uuid, display_name })
+}
+
+/// Parses `PUT /api/user/:id`'s `{"display_name"}` (required).
+pub fn display_name(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
+    let raw: RawUser<'_> = object(body)?;
+    let name =
+        string(raw.display_name, "display_name")?.ok_or_else(|| ApiError::bad_request("display_name: required"))?;
+    check_len(&name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
+    Ok(name)
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default)]
+    receiver_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    attachments: Option<&'a RawValue>,
+}
+
+/// `POST /api/message/:session`'s body, validated.
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    /// The receiving user (not yet checked to exist).
+    pub receiver_id: i64,
+    /// 1–1024 characters, or empty with attachments.
+    pub body: Cow<'a, str>,
+    /// Compact JSON of an object, or `None` for null/absent.
+    pub attachments: Option<String>,
+}
+
+/// Parses `{"receiver_id", "body", "attachments"?}`.
+pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
+    let raw: RawMessage<'_> = object(body)?;
+    let receiver_id = match raw.receiver_id {
+        None => return Err(ApiError::bad_request("receiver_id: required")),
+        Some(r) => serde_json::from_str::<i64>(r.get())
+            .map_err(|_| ApiError::bad_request("receiver_id: must be an integer"))?,
+    };
+    let text = string(raw.body, "body")?.ok_or_else(|| ApiError::bad_request("body: required"))?;
+    check_len(&text, "body", MAX_BODY_CHARS)?;
+    let attachments = match raw.attachments {
+        None => None,
+        Some(r) if r.get().trim_start().starts_with('{') => {
+            let value: serde_json::Value = serde_json::from_str(r.get())
+                .map_err(|e| ApiError::bad_request(format!("attachments: invalid JSON ({e})")))?;
+            let compact = value.to_string();
+            if compact.len() > MAX_ATTACHMENTS_BYTES {
+                return Err(ApiError::bad_request("attachments: larger than 16 KiB serialised"));
+            }
+            Some(compact)
+        }
+        Some(_) => return Err(ApiError::bad_request("attachments: must be a JSON object or null")),
+    };
+    if text.is_empty() && attachments.is_none() {
+        return Err(ApiError::bad_request("body: must not be empty (unless attachments is an object)"));
+    }
+    Ok(NewMessage { receiver_id, body: text, attachments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg_err(body: &str) -> String {
+        new_message(body.as_bytes()).unwrap_err().message.into_owned()
+    }
+
+    #[test]
+    fn message_bodies() {
+        let m = new_message(br#"{"receiver_id": 9, "body": "hi", "attachments": {"b": 1, "a": [1, 2]}}"#).unwrap();
+        assert_eq!((m.receiver_id, &*m.body), (9, "hi"));
+        assert_eq!(m.attachments.as_deref(), Some(r#"{"b":1,"a":[1,2]}"#), "key order kept, compacted");
+        let m = new_message(br#"{"receiver_id": 9, "body": "", "attachments": {}}"#).unwrap();
+        assert_eq!(m.body, "");
+        assert!(new_message(br#"{"receiver_id": 9, "body": "x", "attachments": null}"#).unwrap().attachments.is_none());
+        assert!(msg_err(r#"{"body": "x"}"#).starts_with("receiver_id"));
+        assert!(msg_err(r#"{"receiver_id": "9", "body": "x"}"#).starts_with("receiver_id"));
+        assert!(msg_err(r#"{"receiver_id": 1.5, "body": "x"}"#).starts_with("receiver_id"));
+        assert!(msg_err(r#"{"receiver_id": 99999999999999999999, "body": "x"}"#).starts_with("receiver_id"));
+        assert!(msg_err(r#"{"receiver_id": 9}"#).starts_with("body: required"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": 5}"#).starts_with("body: must be a string"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": ""}"#).starts_with("body: must not be empty"));
+        assert_eq!(
+            msg_err(&format!(r#"{{"receiver_id": 9, "body": "{}"}}"#, "é".repeat(1025))),
+            "body: longer than 1024 characters"
+        );
+        assert!(
+            new_message(format!(r#"{{"receiver_id": 9, "body": "{}"}}"#, "é".repeat(1024)).as_bytes()).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "x", "attachments": [1]}"#).starts_with("attachments"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "x", "attachments": "s"}"#).starts_with("attachments"));
+        let big = format!(r#"{{"receiver_id": 9, "body": "x", "attachments": {{"k": "{}"}}}}"#, "a".repeat(16 * 1024));
+        assert!(msg_err(&big).starts_with("attachments: larger"));
+        assert!(msg_err("[1]").starts_with("request body"));
+        assert!(msg_err("{").starts_with("request body"));
+        assert!(msg_err("").starts_with("request body"));
+        assert!(new_message(b"{\"receiver_id\": 9, \"body\": \"\xff\"}").unwrap_err().message.contains("UTF-8"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "\ud800"}"#).starts_with("request body"));
+    }
+
+    #[test]
+    fn user_bodies() {
+        let u = new_user(br#"{"uuid": "alice", "display_name": "Alice"}"#).unwrap();
+        assert_eq!((&*u.uuid, &*u.display_name), ("alice", "Alice"));
+        assert_eq!(new_user(br#"{"uuid": "bob"}"#).unwrap().display_name, "");
+        assert_eq!(new_user(br#"{"uuid": "bob", "display_name": null}"#).unwrap().display_name, "");
+        let err = |b: &str| new_user(b.as_bytes()).unwrap_err().message.into_owned();
+        assert!(err(r#"{"uuid": ""}"#).starts_with("uuid"));
+        assert!(err(r#"{}"#).starts_with("uuid: required"));
+        assert!(err(r#"{"uuid": 5}"#).starts_with("uuid: must be a string"));
+        assert!(err(&format!(r#"{{"uuid": "{}"}}"#, "u".repeat(65))).starts_with("uuid: longer"));
+        assert!(new_user(format!(r#"{{"uuid": "{}"}}"#, "ü".repeat(64)).as_bytes()).is_ok());
+        assert!(err(&format!(r#"{{"uuid": "a", "display_name": "{}"}}"#, "n".repeat(257))).starts_with("display_name"));
+        assert!(err(r#"{"uuid": "a", "display_name": 1}"#).starts_with("display_name"));
+        assert!(display_name(br#"{}"#).unwrap_err().message.starts_with("display_name: required"));
+    }
+
+    #[test]
+    fn cutoffs() {
+        assert_eq!(cutoff(None, None).unwrap(), None);
+        assert_eq!(cutoff(Some("5"), None).unwrap(), Some(Cursor { unix: 5, nano: 0 }));
+        assert_eq!(cutoff(Some("-5"), Some("2000000001")).unwrap(), Some(Cursor { unix: -3, nano: 1 }));
+        assert!(cutoff(Some("x"), None).unwrap_err().message.starts_with("unix"));
+        assert!(cutoff(Some("1"), Some("1.5")).unwrap_err().message.starts_with("nano"));
+        assert!(cutoff(Some("99999999999999999999"), None).is_err());
+        assert!(cutoff(Some(&i64::MAX.to_string()), Some("1000000000")).is_err());
+    }
+}

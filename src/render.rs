@@ -1,0 +1,200 @@
+//! JSON rendering: the original's envelope, its objects, and Go's `RFC3339Nano` timestamps.
+//!
+//! Messages are rendered once, when they are sent ([`message`]); a poll answer is the envelope
+//! written around those pre-rendered bytes ([`poll_answer`]). Everything else is rare and goes
+//! through `serde_json`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use std::io::Write;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// A timestamp split the way the contract's cursor and `:unix/:nano` paths spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    /// Seconds since the epoch (may be negative).
+    pub unix: i64,
+    /// Nanoseconds within the second, `0..1_000_000_000`.
+    pub nano: u32,
+}
+
+impl Cursor {
+    /// The cursor of a server timestamp in nanoseconds.
+    pub fn from_ns(ns: i64) -> Self {
+        Self {
+            unix: ns.div_euclid(1_000_000_000),
+            // In 0..1e9 by construction.
+            nano: ns.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+
+    /// Normalises `unix` seconds plus `nano` nanoseconds (any sign or size) as Go's
+    /// `time.Unix(sec, nsec)` does. `None` when the seconds overflow an `i64`.
+    pub fn normalise(unix: i64, nano: i64) -> Option<Self> {
+        let unix = unix.checked_add(nano.div_euclid(1_000_000_000))?;
+        Some(Self { unix, nano: nano.rem_euclid(1_000_000_000) as u32 })
+    }
+
+    /// Nanoseconds since the epoch, widened so that no cursor overflows.
+    pub fn as_ns(self) -> i128 {
+        i128::from(self.unix) * 1_000_000_000 + i128::from(self.nano)
+    }
+}
+
+/// Appends `ns` as Go's `RFC3339Nano` writes it: UTC, `Z`, fraction with trailing zeros trimmed.
+pub fn write_timestamp(out: &mut Vec<u8>, ns: i64) {
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).ok().and_then(|t| t.format(&Rfc3339).ok()) {
+        Some(s) => out.extend_from_slice(s.as_bytes()),
+        // Unreachable for an i64 of nanoseconds (years 1677..2262), but never panic.
+        None => out.extend_from_slice(b"1970-01-01T00:00:00Z"),
+    }
+}
+
+/// A timestamp as a `String` (rare paths).
+pub fn timestamp(ns: i64) -> String {
+    let mut v = Vec::with_capacity(32);
+    write_timestamp(&mut v, ns);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A message as the JSON object clients receive, rendered once at send time.
+pub fn message(
+    uuid: u128,
+    created: i64,
+    sender_id: i64,
+    receiver_id: i64,
+    body: &str,
+    attachments: Option<&str>,
+) -> Bytes {
+    let mut out = Vec::with_capacity(150 + body.len() + attachments.map_or(4, str::len));
+    out.extend_from_slice(b"{\"uuid\":\"");
+    let _ = write!(out, "{uuid:032x}");
+    out.extend_from_slice(b"\",\"created_utc\":\"");
+    write_timestamp(&mut out, created);
+    out.extend_from_slice(b"\",\"sender_id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(sender_id).as_bytes());
+    out.extend_from_slice(b",\"receiver_id\":");
+    out.extend_from_slice(itoa::Buffer::new().format(receiver_id).as_bytes());
+    out.extend_from_slice(b",\"body\":");
+    write_json_str(&mut out, body);
+    out.extend_from_slice(b",\"attachments\":");
+    out.extend_from_slice(attachments.unwrap_or("null").as_bytes());
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// `{"meta":{"http_code":200},"response":VALUE}` around an already-rendered value.
+pub fn ok_raw(value: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(40 + value.len());
+    out.put_slice(b"{\"meta\":{\"http_code\":200},\"response\":");
+    out.put_slice(value);
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"meta":{"http_code":200},"response":VALUE}` for any serialisable value.
+pub fn ok_value<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"meta\":{\"http_code\":200},\"response\":");
+    let _ = serde_json::to_writer(&mut out, value);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// `{"meta":{"http_code":200,"message":"OK!"}}`: plain success.
+pub fn ok_plain() -> Bytes {
+    Bytes::from_static(b"{\"meta\":{\"http_code\":200,\"message\":\"OK!\"}}")
+}
+
+/// `{"meta":{"http_code":CODE,"message":MESSAGE}}`: an error.
+pub fn error(code: u16, message: &str) -> Bytes {
+    let mut out = Vec::with_capacity(48 + message.len());
+    out.extend_from_slice(b"{\"meta\":{\"http_code\":");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    write_json_str(&mut out, message);
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// A messages answer: the envelope with `cursor` and `gap` in `meta` around the pre-rendered
+/// messages. `newest_first` is the order a mailbox read yields; the answer is oldest first.
+pub fn poll_answer<E: AsRef<[u8]>>(cursor: Cursor, gap: bool, newest_first: &[E]) -> Bytes {
+    let len: usize = newest_first.iter().map(|e| e.as_ref().len() + 1).sum();
+    let mut out = BytesMut::with_capacity(96 + len);
+    out.put_slice(b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":");
+    out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
+    out.put_slice(b",\"nano\":");
+    out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
+    out.put_slice(if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" });
+    for (i, e) in newest_first.iter().rev().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(e.as_ref());
+    }
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_match_go_rfc3339nano() {
+        // 2016-08-21T05:22:12.632474775Z, the original README's cursor.
+        let ns = 1_471_756_932_632_474_775;
+        assert_eq!(timestamp(ns), "2016-08-21T05:22:12.632474775Z");
+        assert_eq!(timestamp(1_471_756_932_000_000_000), "2016-08-21T05:22:12Z");
+        assert_eq!(timestamp(1_471_756_932_500_000_000), "2016-08-21T05:22:12.5Z");
+        assert_eq!(timestamp(1_471_756_932_000_000_100), "2016-08-21T05:22:12.0000001Z");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn cursor_normalises_like_go() {
+        assert_eq!(Cursor::normalise(10, 1_500_000_000), Some(Cursor { unix: 11, nano: 500_000_000 }));
+        assert_eq!(Cursor::normalise(10, -1), Some(Cursor { unix: 9, nano: 999_999_999 }));
+        assert_eq!(Cursor::normalise(-1, 0), Some(Cursor { unix: -1, nano: 0 }));
+        assert_eq!(Cursor::normalise(i64::MAX, 1_000_000_000), None);
+        assert_eq!(Cursor::normalise(i64::MIN, -1), None);
+        assert_eq!(Cursor::from_ns(1_471_756_932_632_474_775), Cursor { unix: 1_471_756_932, nano: 632_474_775 });
+    }
+
+    #[test]
+    fn message_json_is_valid_and_ordered() {
+        let m = message(0xab, 1_471_756_932_632_474_775, 7, 9, "hi \"there\"\n", None);
+        let s = std::str::from_utf8(&m).unwrap();
+        assert_eq!(
+            s,
+            r#"{"uuid":"000000000000000000000000000000ab","created_utc":"2016-08-21T05:22:12.632474775Z","sender_id":7,"receiver_id":9,"body":"hi \"there\"\n","attachments":null}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["body"], "hi \"there\"\n");
+    }
+
+    #[test]
+    fn poll_answer_is_oldest_first_in_envelope() {
+        let a = poll_answer(Cursor { unix: 1, nano: 2 }, true, &[b"3".as_slice(), b"2", b"1"]);
+        assert_eq!(&a[..], br#"{"meta":{"http_code":200,"cursor":{"unix":1,"nano":2},"gap":true},"response":[1,2,3]}"#);
+        let empty = poll_answer::<&[u8]>(Cursor { unix: 0, nano: 0 }, false, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["response"], serde_json::json!([]));
+        assert_eq!(v["meta"]["gap"], false);
+    }
+
+    #[test]
+    fn error_envelope() {
+        let e = error(404, "session_id: no such session");
+        let v: serde_json::Value = serde_json::from_slice(&e).unwrap();
+        assert_eq!(v, serde_json::json!({"meta": {"http_code": 404, "message": "session_id: no such session"}}));
+    }
+}

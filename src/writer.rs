@@ -1,0 +1,244 @@
+//! The write-behind pipeline: one dedicated thread drains a crossbeam channel into the store.
+//!
+//! Handlers never touch the store. They [`WriterHandle::submit`] an [`Op`] (messages: done, the
+//! message is acknowledged once it is in memory) or [`WriterHandle::submit_durable`] one and
+//! await the returned [`Ack`] (users, sessions, contacts; messages under `--durable-acks`).
+//!
+//! The thread takes whatever is queued — up to [`MAX_BATCH`] ops — and applies it as one
+//! transaction, then completes the acks of that batch: group commit, so many waiting requests
+//! share one commit. A batch that fails is retried, whole and in order, with backoff until it
+//! commits (every op is idempotent, so an unknown outcome is safe to retry); nothing queued is
+//! ever dropped. Between batches it deletes expired messages in bounded steps.
+//!
+//! [`Writer::stop`] queues a stop marker and joins the thread, which first applies everything
+//! queued before the marker: graceful shutdown loses nothing acknowledged.
+//!
+//! The queue is bounded by `--max-pending` for sends only ([`WriterHandle::is_full`]): past it,
+//! sends answer 503 instead of letting memory grow. Rare ops (users, sessions, contacts, culling)
+//! are always queued, since they are few and waited for.
+
+use crate::metrics::Metrics;
+use crate::store::{Op, Store};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Most ops applied in one transaction.
+pub const MAX_BATCH: usize = 8192;
+/// Most expired messages deleted in one culling step.
+pub const CULL_STEP: usize = 5000;
+
+/// Resolves once the op it was returned for has committed; an error means the writer is gone.
+pub type Ack = oneshot::Receiver<()>;
+
+enum Command {
+    Apply(Op, Option<oneshot::Sender<()>>),
+    Cull { before_ns: i64 },
+    Stop,
+}
+
+struct Shared {
+    pending: AtomicUsize,
+    max_pending: usize,
+    healthy: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// A cheap, cloneable way to queue writes. See the module doc.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").field("pending", &self.pending()).finish()
+    }
+}
+
+impl WriterHandle {
+    fn queue(&self, cmd: Command) {
+        self.shared.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(cmd).is_err() {
+            // Only after Writer::stop; nothing can be written any more.
+            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("write queued after the writer stopped; dropped");
+        }
+    }
+
+    /// Queues `op` without waiting (write-behind).
+    pub fn submit(&self, op: Op) {
+        self.queue(Command::Apply(op, None));
+    }
+
+    /// Queues `op`; the returned [`Ack`] resolves once it has committed.
+    pub fn submit_durable(&self, op: Op) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Command::Apply(op, Some(tx)));
+        rx
+    }
+
+    /// Asks the writer to delete messages created before `before_ns`, in bounded steps.
+    pub fn cull(&self, before_ns: i64) {
+        self.queue(Command::Cull { before_ns });
+    }
+
+    /// Writes queued and not yet committed.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue has reached `--max-pending` (sends answer 503).
+    pub fn is_full(&self) -> bool {
+        self.pending() >= self.shared.max_pending
+    }
+
+    /// Whether the last store write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread; see the module doc.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread that owns `store`.
+    pub fn start(store: Box<dyn Store>, max_pending: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            pending: AtomicUsize::new(0),
+            max_pending: max_pending.max(1),
+            healthy: AtomicBool::new(true),
+            metrics,
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("chatbus-writer".into()).spawn(move || run(store, &rx, &shared))?
+        };
+        Ok(Self { handle: WriterHandle { tx, shared }, thread: Some(thread) })
+    }
+
+    /// A handle for queueing writes.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Applies everything queued so far, then stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.tx.send(Command::Stop);
+            if thread.join().is_err() {
+                tracing::error!("writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
+    let mut ops: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut cull_before: Option<i64> = None;
+    let mut stopping = false;
+    while !stopping {
+        // Wait for work; with culling to do, only peek.
+        let wait = if cull_before.is_some() { Duration::ZERO } else { Duration::from_millis(500) };
+        let mut taken = 0usize;
+        let mut take = |cmd: Command, ops: &mut Vec<Op>, acks: &mut Vec<_>, stopping: &mut bool| {
+            taken += 1;
+            match cmd {
+                Command::Apply(op, ack) => {
+                    ops.push(op);
+                    acks.extend(ack);
+                }
+                Command::Cull { before_ns } => {
+                    cull_before = Some(cull_before.map_or(before_ns, |b: i64| b.max(before_ns)));
+                }
+                Command::Stop => *stopping = true,
+            }
+        };
+        match rx.recv_timeout(wait) {
+            Ok(cmd) => take(cmd, &mut ops, &mut acks, &mut stopping),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => stopping = true,
+        }
+        // Drain what is queued; when stopping, drain everything queued before the marker.
+        while ops.len() < MAX_BATCH || stopping {
+            match rx.try_recv() {
+                Ok(cmd) => take(cmd, &mut ops, &mut acks, &mut stopping),
+                Err(_) => break,
+            }
+            if ops.len() >= MAX_BATCH {
+                commit(&mut *store, &mut ops, &mut acks, shared);
+            }
+        }
+        commit(&mut *store, &mut ops, &mut acks, shared);
+        shared.pending.fetch_sub(taken, Ordering::Relaxed);
+        shared.metrics.queue_depth.set(i64::try_from(shared.pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        if let Some(before) = cull_before {
+            match store.cull_messages(before, CULL_STEP) {
+                Ok(n) => {
+                    shared.metrics.messages_culled.inc_by(n as u64);
+                    if n < CULL_STEP {
+                        cull_before = None;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "culling expired messages failed; will retry");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    tracing::debug!("writer stopped");
+}
+
+/// Applies `ops` in one transaction, retrying until it commits, then completes `acks`.
+fn commit(store: &mut dyn Store, ops: &mut Vec<Op>, acks: &mut Vec<oneshot::Sender<()>>, shared: &Shared) {
+    if ops.is_empty() && acks.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let started = Instant::now();
+        match store.write(ops) {
+            Ok(()) => {
+                shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                shared.metrics.batch_size.observe(ops.len() as f64);
+                if !shared.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("store writes succeed again");
+                }
+                break;
+            }
+            Err(e) => {
+                shared.metrics.store_errors.inc();
+                if shared.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(error = %e, ops = ops.len(), "store write failed; retrying with backoff");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    ops.clear();
+    for ack in acks.drain(..) {
+        let _ = ack.send(());
+    }
+}
