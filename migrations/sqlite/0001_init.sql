@@ -1,8 +1,10 @@
 -- chatbus schema for the embedded SQLite store.
 -- Timestamps are nanoseconds since the Unix epoch (INTEGER, lossless).
 
+-- AUTOINCREMENT: sqlite_sequence remembers the highest id ever stored, so a deleted user's id
+-- is never handed out again after a restart.
 CREATE TABLE users (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
     uuid         TEXT    NOT NULL UNIQUE,
     display_name TEXT    NOT NULL DEFAULT '',
     -- newest message timestamp culled from the user's mailbox (part of the gap watermark)

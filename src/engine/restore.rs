@@ -15,7 +15,7 @@ use std::sync::Arc;
 impl Engine {
     /// Loads `snapshot` into an empty engine.
     pub fn restore(&self, snapshot: Snapshot) {
-        let mut max_id = 0;
+        let mut max_id = snapshot.max_user_id;
         for row in snapshot.users {
             max_id = max_id.max(row.id);
             let user =

@@ -47,6 +47,10 @@ fn object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("request body: empty; expected a JSON object"));
     }
+    // serde's derived structs also accept arrays (fields by position); the contract wants objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::bad_request("request body: expected a JSON object"));
+    }
     serde_json::from_str(text).map_err(|e| {
         let msg = if e.is_data() && !e.to_string().contains("duplicate field") {
             "request body: expected a JSON object".to_owned()
@@ -200,7 +204,7 @@ mod tests {
         assert!(msg_err("{").starts_with("request body"));
         assert!(msg_err("").starts_with("request body"));
         assert!(new_message(b"{\"receiver_id\": 9, \"body\": \"\xff\"}").unwrap_err().message.contains("UTF-8"));
-        assert!(msg_err(r#"{"receiver_id": 9, "body": "\ud800"}"#).starts_with("request body"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "\ud800"}"#).starts_with("body"), "lone surrogate");
     }
 
     #[test]

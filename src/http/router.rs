@@ -90,6 +90,9 @@ pub const ROUTE_NAMES: &[&str] = &[
 
 /// Resolves a path (without query) to a resource; `None` is a 404.
 pub fn resolve(path: &str) -> Option<Resource<'_>> {
+    if path.contains("//") {
+        return None;
+    }
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     if path == "/" {
         return Some(Resource::Root);

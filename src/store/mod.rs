@@ -118,6 +118,8 @@ pub struct Snapshot {
     pub contacts: Vec<(i64, i64)>,
     /// All messages, oldest first.
     pub messages: Vec<MessageRow>,
+    /// The highest user id ever stored, deleted users included: ids are never reused.
+    pub max_user_id: i64,
 }
 
 /// How a store should behave, from the command line.

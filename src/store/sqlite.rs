@@ -79,6 +79,10 @@ impl Store for SqliteStore {
             let uuid = parse_hex(&uuid).ok_or_else(|| bad_row("sessions"))?;
             snap.sessions.push(SessionRow { uuid, user_id, created_ns, last_active_ns });
         }
+        snap.max_user_id = c
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'users'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
         let mut st = c.prepare("SELECT user_a, user_b FROM contacts ORDER BY user_a, user_b")?;
         snap.contacts = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         let mut st = c.prepare(
@@ -229,6 +233,7 @@ mod tests {
         .unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.users.len(), 1);
+        assert_eq!(snap.max_user_id, 2, "the highest id ever stored is remembered");
         assert!(snap.sessions.is_empty() && snap.contacts.is_empty());
         assert_eq!(snap.messages.len(), 1, "messages outlive their users");
         assert_eq!(s.cull_messages(2_000_000_000_000, 10).unwrap(), 1);
