@@ -1,1 +1,137 @@
-fn main() {}
+//! Criterion benchmarks of the hot path: ring push, mailbox reads returning k messages from
+//! mailboxes of different capacities (cost must follow k, not capacity), rendering a poll
+//! answer, and a send through the engine.
+//!
+//! `cargo bench --bench engine`
+
+use bytes::Bytes;
+use chatbus::clock::Clock;
+use chatbus::engine::{Engine, EngineConfig};
+use chatbus::mailbox::{Entry, Mailbox};
+use chatbus::metrics::Metrics;
+use chatbus::render::{self, Cursor};
+use chatbus::store::memory::MemoryStore;
+use chatbus::writer::Writer;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn message_json(created: i64) -> Bytes {
+    render::message(0x1234_5678_9abc_def0_1234_5678_9abc_def0, created, 7, 9, "a typical chat line, about sixty characters long.", None)
+}
+
+/// A full mailbox of `capacity`, timestamps 1..=capacity.
+fn full_mailbox(capacity: usize) -> Mailbox {
+    let mb = Mailbox::new(capacity);
+    let json = message_json(1_471_756_932_632_474_775);
+    for t in 1..=capacity as i64 {
+        mb.lock().push(t, json.clone());
+    }
+    mb
+}
+
+fn ring_push(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring_push");
+    for cap in [64usize, 1024] {
+        let mb = full_mailbox(cap);
+        let json = message_json(1);
+        let mut t = cap as i64;
+        g.bench_function(BenchmarkId::from_parameter(cap), |b| {
+            b.iter(|| {
+                t += 1;
+                mb.lock().push(t, json.clone());
+            })
+        });
+    }
+    g.finish();
+}
+
+fn poll(c: &mut Criterion) {
+    let mut g = c.benchmark_group("poll");
+    for (cap, k) in [(64usize, 0usize), (1024, 0), (64, 10), (1024, 10), (64, 64), (1024, 64), (1024, 1024)] {
+        let mb = full_mailbox(cap);
+        let cutoff = Some(i128::from((cap - k) as i64));
+        g.throughput(Throughput::Elements(k.max(1) as u64));
+        let mut out: Vec<Arc<Entry>> = Vec::new();
+        // Read only: the lock-free seek.
+        g.bench_function(BenchmarkId::new(format!("read/cap{cap}"), k), |b| {
+            b.iter(|| {
+                out.clear();
+                let o = mb.read_after(black_box(cutoff), &mut out);
+                assert_eq!(out.len(), k);
+                black_box(o)
+            })
+        });
+        // Read and render the whole answer, as the handler does.
+        g.bench_function(BenchmarkId::new(format!("answer/cap{cap}"), k), |b| {
+            b.iter(|| {
+                let mut out: Vec<Arc<Entry>> = Vec::new();
+                let o = mb.read_after(black_box(cutoff), &mut out);
+                let json: Vec<&Bytes> = out.iter().map(|e| &e.json).collect();
+                let cursor = o.newest.map(Cursor::from_ns).unwrap_or(Cursor { unix: 0, nano: 0 });
+                black_box(render::poll_answer(cursor, o.gap, &json))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn render_answer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("render_poll_answer");
+    for k in [0usize, 10, 1024] {
+        let msgs: Vec<Bytes> = (0..k).map(|i| message_json(i as i64)).collect();
+        g.throughput(Throughput::Bytes(msgs.iter().map(|m| m.len() as u64).sum::<u64>().max(1)));
+        g.bench_function(BenchmarkId::from_parameter(k), |b| {
+            b.iter(|| black_box(render::poll_answer(Cursor { unix: 1_471_756_932, nano: 632_474_775 }, false, &msgs)))
+        });
+    }
+    g.bench_function("message_json", |b| b.iter(|| black_box(message_json(black_box(1_471_756_932_632_474_775)))));
+    g.finish();
+}
+
+fn send(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::new(&["bench"]));
+    let writer = Writer::start(Box::new(MemoryStore), usize::MAX, metrics.clone()).expect("writer");
+    let engine = Engine::new(
+        EngineConfig {
+            shards: 2,
+            mailbox_capacity: 1024,
+            session_ttl: Duration::from_secs(300),
+            message_ttl: Duration::from_secs(300),
+            durable_acks: false,
+        },
+        writer.handle(),
+        metrics,
+    );
+    let a = engine.create_user("a", "").0.id;
+    let b = engine.create_user("b", "").0.id;
+    let (s, _) = engine.open_session(a).expect("session");
+    let s = engine.session(chatbus::store::parse_hex(&s.uuid).expect("hex")).expect("live");
+    let mut g = c.benchmark_group("engine");
+    g.bench_function("send", |bn| {
+        bn.iter(|| black_box(engine.send(&s, b, "a typical chat line, about sixty characters long.", None).expect("sent")))
+    });
+    let mut out = Vec::new();
+    let (bs, _) = engine.open_session(b).expect("session");
+    let bs = engine.session(chatbus::store::parse_hex(&bs.uuid).expect("hex")).expect("live");
+    let now = Cursor::from_ns(Clock::wall_ns() + 1_000_000_000_000);
+    g.bench_function("poll_empty", |bn| {
+        bn.iter(|| {
+            out.clear();
+            black_box(engine.poll(&bs, Some(now), &mut out))
+        })
+    });
+    g.finish();
+    drop(engine);
+    writer.stop();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
+    targets = ring_push, poll, render_answer, send
+}
+criterion_main!(benches);
