@@ -80,6 +80,12 @@ fn hide_password(url: &str) -> String {
 impl Server {
     /// Opens the store, restores state, and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        // Bind first: a bad address fails before any work, and clients that connect while the
+        // store is restored wait in the backlog (nothing is accepted until the state is whole).
+        let addr = config.listen_addr();
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
         let url = config.database_url.clone();
         let options = StoreOptions { durable: config.durable_acks, connect_timeout: config.connect_timeout };
         let opened = tokio::task::spawn_blocking(move || {
@@ -111,10 +117,6 @@ impl Server {
         engine.cull_all(Clock::wall_ns(), false);
         tracing::info!(store = kind, users = restored.0, sessions = restored.1, messages = restored.2, "restored");
 
-        let addr = config.listen_addr();
-        let listener =
-            TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
-        let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
         let culler = Culler::start(engine.clone()).map_err(StartError::Thread)?;
         let api = Arc::new(Api::new(engine.clone(), metrics));
         let (stop, stopped) = oneshot::channel();

@@ -189,19 +189,21 @@ impl Drop for Child {
 }
 
 async fn spawn_binary(url: &str, port: u16, extra: &[&str]) -> Child {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chatbus"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--database-url", url, "--threads", "2"])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn chatbus");
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatbus"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--database-url", url, "--threads", "2"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn chatbus"),
+    );
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
             if r.status() == 200 {
-                return Child(child);
+                return child;
             }
         }
         assert!(Instant::now() < deadline, "chatbus did not come up");
@@ -233,8 +235,12 @@ async fn crash_case(extra: &[&str], wait: Duration) {
         .to_owned();
     let mut acked = HashSet::new();
     for n in 0..400 {
-        let m = post_json(&c, format!("{base}/api/message/{s}"), serde_json::json!({"receiver_id": u, "body": format!("m{n}")}))
-            .await;
+        let m = post_json(
+            &c,
+            format!("{base}/api/message/{s}"),
+            serde_json::json!({"receiver_id": u, "body": format!("m{n}")}),
+        )
+        .await;
         acked.insert(m["response"]["uuid"].as_str().unwrap().to_owned());
     }
     tokio::time::sleep(wait).await;
@@ -243,7 +249,8 @@ async fn crash_case(extra: &[&str], wait: Duration) {
     drop(child);
     let port = free_port();
     let _child = spawn_binary(&url, port, extra).await;
-    let v: Value = c.get(format!("http://127.0.0.1:{port}/api/messages/{s}")).send().await.unwrap().json().await.unwrap();
+    let v: Value =
+        c.get(format!("http://127.0.0.1:{port}/api/messages/{s}")).send().await.unwrap().json().await.unwrap();
     let restored: HashSet<String> =
         v["response"].as_array().unwrap().iter().map(|m| m["uuid"].as_str().unwrap().to_owned()).collect();
     let missing = acked.difference(&restored).count();
@@ -285,7 +292,10 @@ async fn short_ttls_cull_memory_and_store_and_stay_culled_after_restart() {
     let mut store_clean = None;
     let deadline = sent_at + Duration::from_secs(8);
     while idle_gone.is_none() || message_gone.is_none() || store_clean.is_none() {
-        assert!(Instant::now() < deadline, "culling did not happen in time: {idle_gone:?} {message_gone:?} {store_clean:?}");
+        assert!(
+            Instant::now() < deadline,
+            "culling did not happen in time: {idle_gone:?} {message_gone:?} {store_clean:?}"
+        );
         let (s, v) = srv.get(&format!("/api/messages/{busy}")).await;
         assert_eq!(s, 200, "a session in use is never culled: {v}");
         if message_gone.is_none() && v["response"].as_array().unwrap().is_empty() {
