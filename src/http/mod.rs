@@ -16,8 +16,9 @@ use crate::metrics::Metrics;
 use crate::render;
 use crate::writer::Ack;
 use bytes::Bytes;
+use bytes::BytesMut;
 pub use error::ApiError;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// Largest request body accepted.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// Most bytes of an unwanted (or too large) body read and dropped to keep the connection usable.
+pub const MAX_DRAIN: u64 = 1024 * 1024;
 /// How long a client may take to send its body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,20 +85,52 @@ async fn acked(ack: Ack) -> Result<(), ApiError> {
     ack.await.map_err(|_| ApiError::from(EngineError::StoreUnavailable))
 }
 
-async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > MAX_REQUEST_BODY as u64 {
-            return Err(ApiError::too_large());
-        }
-    }
+/// How a request body was read.
+enum ReadBody {
+    /// All of it, within the size limit.
+    Complete(Bytes),
+    /// Over the limit (for a body nobody wants, any body at all); the rest was discarded.
+    TooLarge,
+    /// The client broke off or sent a malformed body.
+    Broken,
+    /// The client did not send it in time.
+    TimedOut,
+}
+
+/// Reads a body, keeping at most `keep` bytes. A body that is not wanted (or too large) is still
+/// read and dropped, up to [`MAX_DRAIN`] bytes, so the connection can serve the next request;
+/// the returned flag is `false` when that was not possible and the answer must close it.
+async fn read_body(headers: &HeaderMap, mut body: Incoming, keep: usize) -> (ReadBody, bool) {
     if body.is_end_stream() {
-        return Ok(Bytes::new());
+        return (ReadBody::Complete(Bytes::new()), true);
     }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_REQUEST_BODY).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large()),
-        Ok(Err(_)) => Err(ApiError::bad_request("request body: could not be read")),
-        Err(_) => Err(ApiError::new(408, "request body: not received in time")),
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_DRAIN) {
+        // Not worth reading just to throw away: answer and close.
+        return (ReadBody::TooLarge, false);
+    }
+    let mut data = BytesMut::new();
+    let mut total = 0u64;
+    let read = tokio::time::timeout(BODY_TIMEOUT, async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return Some(ReadBody::Broken) };
+            let Ok(chunk) = frame.into_data() else { continue }; // trailers
+            total += chunk.len() as u64;
+            if total > MAX_DRAIN {
+                return Some(ReadBody::TooLarge);
+            }
+            if total <= keep as u64 {
+                data.extend_from_slice(&chunk);
+            }
+        }
+        None
+    })
+    .await;
+    match read {
+        Err(_) => (ReadBody::TimedOut, false),
+        Ok(Some(outcome)) => (outcome, false),
+        Ok(None) if total > keep as u64 => (ReadBody::TooLarge, true),
+        Ok(None) => (ReadBody::Complete(data.freeze()), true),
     }
 }
 
@@ -116,20 +151,42 @@ impl Api {
 
     async fn dispatch(&self, req: Request<Incoming>) -> (Route, Result<HttpResponse, ApiError>) {
         let (parts, body) = req.into_parts();
-        if parts.method == Method::OPTIONS {
-            return (Route::Options, Ok(preflight(&parts.headers)));
+        // Precedence: unknown path, then wrong method, then body size, then the rest.
+        let resolved = if parts.method == Method::OPTIONS {
+            Err((Route::Options, None))
+        } else {
+            match router::resolve(parts.uri.path()) {
+                None => Err((Route::NotFound, Some(ApiError::not_found()))),
+                Some(resource) => match resource.route(&parts.method) {
+                    None => Err((Route::MethodNotAllowed, Some(ApiError::method_not_allowed(resource.allow())))),
+                    Some(route) => Ok((route, resource)),
+                },
+            }
+        };
+        let keep = if resolved.is_ok() { MAX_REQUEST_BODY } else { 0 };
+        let (body, reusable) = read_body(&parts.headers, body, keep).await;
+        let (route, mut res) = match (resolved, body) {
+            (Err((route, None)), _) => (route, Ok(preflight(&parts.headers))),
+            (Err((route, Some(e))), _) => (route, Err(e)),
+            (Ok((route, resource)), ReadBody::Complete(body)) => (route, self.route(route, resource, &body).await),
+            (Ok((route, _)), ReadBody::TooLarge) => (route, Err(ApiError::too_large())),
+            (Ok((route, _)), ReadBody::Broken) => {
+                (route, Err(ApiError::bad_request("request body: could not be read")))
+            }
+            (Ok((route, _)), ReadBody::TimedOut) => {
+                (route, Err(ApiError::new(408, "request body: not received in time")))
+            }
+        };
+        if !reusable {
+            // The rest of the body is still on the wire: say so, and hyper closes after answering.
+            let mut r = match res {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            };
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res = Ok(r);
         }
-        let Some(resource) = router::resolve(parts.uri.path()) else {
-            return (Route::NotFound, Err(ApiError::not_found()));
-        };
-        let Some(route) = resource.route(&parts.method) else {
-            return (Route::MethodNotAllowed, Err(ApiError::method_not_allowed(resource.allow())));
-        };
-        let body = match read_body(&parts.headers, body).await {
-            Ok(b) => b,
-            Err(e) => return (route, Err(e)),
-        };
-        (route, self.route(route, resource, &body).await)
+        (route, res)
     }
 
     async fn route(&self, route: Route, resource: Resource<'_>, body: &[u8]) -> Result<HttpResponse, ApiError> {
