@@ -29,8 +29,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop waits for requests in flight.
 pub const GRACE: Duration = Duration::from_secs(10);
 
@@ -120,7 +118,8 @@ impl Server {
         let culler = Culler::start(engine.clone()).map_err(StartError::Thread)?;
         let api = Arc::new(Api::new(engine.clone(), metrics));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, api, stopped, engine.clone(), culler, writer));
+        let task =
+            tokio::spawn(serve(listener, api, stopped, engine.clone(), culler, writer, config.header_read_timeout));
         Ok(Self { addr: local, engine, stop: Some(stop), task })
     }
 
@@ -152,10 +151,11 @@ async fn serve(
     engine: Arc<Engine>,
     culler: Culler,
     writer: Writer,
+    header_read_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).keep_alive(true);
     loop {
         let accepted = tokio::select! {
             biased;

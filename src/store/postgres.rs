@@ -85,7 +85,7 @@ struct Statements {
     /// Insert the user; if its id exists, set the display name. A conflict on `uuid` alone (the
     /// retry of a committed batch that deleted a user and gave its uuid to a new id) is skipped
     /// too: the rest of that batch deletes the row anyway, so re-applying converges instead of
-    /// failing forever.
+    /// failing forever. Raises `user_id_high` to the id.
     upsert_user: Statement,
     delete_user: Statement,
     insert_session: Statement,
@@ -110,7 +110,8 @@ impl Statements {
                 .prepare(
                     "WITH inserted AS (
                          INSERT INTO users (id, uuid, display_name, left_ns) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT DO NOTHING RETURNING id)
+                         ON CONFLICT DO NOTHING RETURNING id),
+                     high AS (UPDATE user_id_high SET id = $1 WHERE id < $1)
                      UPDATE users SET display_name = $3
                       WHERE id = $1 AND display_name <> $3 AND NOT EXISTS (SELECT 1 FROM inserted)",
                 )
@@ -605,6 +606,10 @@ async fn load_all(conn: &mut Conn) -> Result<Snapshot, tokio_postgres::Error> {
         },
     )
     .await?;
+    let high = tx
+        .query_one("SELECT GREATEST((SELECT id FROM user_id_high), (SELECT COALESCE(max(id), 0) FROM users))", &[])
+        .await?;
+    snap.max_user_id = high.try_get(0)?;
     tx.commit().await?;
     Ok(snap)
 }
