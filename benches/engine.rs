@@ -20,7 +20,14 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn message_json(created: i64) -> Bytes {
-    render::message(0x1234_5678_9abc_def0_1234_5678_9abc_def0, created, 7, 9, "a typical chat line, about sixty characters long.", None)
+    render::message(
+        0x1234_5678_9abc_def0_1234_5678_9abc_def0,
+        created,
+        7,
+        9,
+        "a typical chat line, about sixty characters long.",
+        None,
+    )
 }
 
 /// A full mailbox of `capacity`, timestamps 1..=capacity.
@@ -112,7 +119,9 @@ fn send(c: &mut Criterion) {
     let s = engine.session(chatbus::store::parse_hex(&s.uuid).expect("hex")).expect("live");
     let mut g = c.benchmark_group("engine");
     g.bench_function("send", |bn| {
-        bn.iter(|| black_box(engine.send(&s, b, "a typical chat line, about sixty characters long.", None).expect("sent")))
+        bn.iter(|| {
+            black_box(engine.send(&s, b, "a typical chat line, about sixty characters long.", None).expect("sent"))
+        })
     });
     let mut out = Vec::new();
     let (bs, _) = engine.open_session(b).expect("session");

@@ -11,6 +11,15 @@ CREATE TABLE users (
     left_ns      BIGINT
 );
 
+-- The highest user id ever stored, deleted users included (SQLite's AUTOINCREMENT keeps the same
+-- in sqlite_sequence), so a deleted user's id is never handed out again after a restart. One row,
+-- raised by every user insert.
+CREATE TABLE user_id_high (
+    one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    id  BIGINT  NOT NULL
+);
+INSERT INTO user_id_high (id) VALUES (0);
+
 -- last_active_ns is rewritten in batches and indexed nowhere: the free space left in each page
 -- lets those updates stay HOT (no index churn, no page hopping).
 CREATE TABLE sessions (

@@ -142,11 +142,20 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL said no, or could not be reached.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_cause(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Anything else (I/O, a corrupt row, a failed migration).
     #[error("{0}")]
     Other(String),
+}
+
+/// tokio-postgres's `Display` is often just "db error": add the server's message or the cause.
+fn postgres_cause(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{e}: {}", db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 /// A place the engine's state lives between runs. Used from one thread, the writer's.

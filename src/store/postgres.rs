@@ -23,8 +23,10 @@
 //!   timeout) retries once at once on a fresh connection, so an idle connection lost between
 //!   batches costs no failed write. A call that gets no answer within [`OP_TIMEOUT`] fails and
 //!   drops the connection (a half-open socket can't stall the writer forever).
+//! - **Durability**: a commit returns once PostgreSQL has it on disk (`synchronous_commit`, on by
+//!   default; `--durable-acks` sets it on for the session in case the server turned it off).
 //! - **Load** reads everything in one `REPEATABLE READ` snapshot with binary `COPY … TO STDOUT`,
-//!   messages oldest first.
+//!   messages oldest first; the highest user id ever stored comes from `user_id_high`.
 //! - **Cull** deletes at most `limit` of the oldest expired messages per call, in a statement of
 //!   its own, through the primary key.
 //!

@@ -103,11 +103,14 @@ impl Store for SqliteStore {
         for op in ops {
             match op {
                 Op::UpsertUser(u) => {
+                    // Two statements, not ON CONFLICT(id): a retried batch that deleted a user and
+                    // gave its uuid to a new id must not fail on the uuid forever.
                     tx.prepare_cached(
-                        "INSERT INTO users (id, uuid, display_name, left_ns) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name",
+                        "INSERT OR IGNORE INTO users (id, uuid, display_name, left_ns) VALUES (?1, ?2, ?3, ?4)",
                     )?
                     .execute(params![u.id, u.uuid, u.display_name, u.left_ns])?;
+                    tx.prepare_cached("UPDATE users SET display_name = ?2 WHERE id = ?1")?
+                        .execute(params![u.id, u.display_name])?;
                 }
                 Op::DeleteUser { id } => {
                     tx.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id])?;
@@ -217,6 +220,15 @@ mod tests {
         ];
         s.write(&batch).unwrap();
         s.write(&batch).unwrap(); // a retried batch changes nothing
+                                  // A committed batch that deleted a user and gave its uuid to a new id, applied again.
+        let reuse = vec![
+            Op::UpsertUser(user(3)),
+            Op::DeleteUser { id: 3 },
+            Op::UpsertUser(UserRow { id: 4, uuid: "u3".into(), display_name: String::new(), left_ns: None }),
+        ];
+        s.write(&reuse).unwrap();
+        s.write(&reuse).unwrap();
+        s.write(&[Op::DeleteUser { id: 4 }]).unwrap();
         drop(s);
         let mut s = SqliteStore::open(path, &StoreOptions::default()).unwrap();
         let snap = s.load().unwrap();
@@ -233,7 +245,7 @@ mod tests {
         .unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.users.len(), 1);
-        assert_eq!(snap.max_user_id, 2, "the highest id ever stored is remembered");
+        assert_eq!(snap.max_user_id, 4, "the highest id ever stored is remembered (3 and 4 were deleted)");
         assert!(snap.sessions.is_empty() && snap.contacts.is_empty());
         assert_eq!(snap.messages.len(), 1, "messages outlive their users");
         assert_eq!(s.cull_messages(2_000_000_000_000, 10).unwrap(), 1);

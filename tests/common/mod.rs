@@ -59,7 +59,8 @@ impl TestServer {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
         };
         if value.is_object() {
             assert_eq!(value["meta"]["http_code"].as_u64(), Some(u64::from(status)), "envelope code = status: {value}");
@@ -92,7 +93,10 @@ impl TestServer {
     /// Sends a message and returns the stored message object.
     pub async fn send(&self, session: &str, receiver: i64, body: &str) -> Value {
         let (s, v) = self
-            .post(&format!("/api/message/{session}"), &serde_json::json!({"receiver_id": receiver, "body": body}).to_string())
+            .post(
+                &format!("/api/message/{session}"),
+                &serde_json::json!({"receiver_id": receiver, "body": body}).to_string(),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         v["response"].clone()
