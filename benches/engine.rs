@@ -72,8 +72,17 @@ fn poll(c: &mut Criterion) {
                 black_box(o)
             })
         });
-        // Read and render the whole answer, as the handler does.
+        // The handler's path: copy into one buffer and write the envelope in front.
         g.bench_function(BenchmarkId::new(format!("answer/cap{cap}"), k), |b| {
+            b.iter(|| {
+                let mut answer = render::PollAnswer::new();
+                let o = mb.write_after(black_box(cutoff), answer.messages());
+                let cursor = o.newest.map(Cursor::from_ns).unwrap_or(Cursor { unix: 0, nano: 0 });
+                black_box(answer.finish(cursor, o.gap))
+            })
+        });
+        // The previous design, for comparison: collect Arc'd entries, then render.
+        g.bench_function(BenchmarkId::new(format!("answer_via_arcs/cap{cap}"), k), |b| {
             b.iter(|| {
                 let mut out: Vec<Arc<Entry>> = Vec::new();
                 let o = mb.read_after(black_box(cutoff), &mut out);
@@ -123,7 +132,7 @@ fn send(c: &mut Criterion) {
             black_box(engine.send(&s, b, "a typical chat line, about sixty characters long.", None).expect("sent"))
         })
     });
-    let mut out = Vec::new();
+    let mut out = bytes::BytesMut::new();
     let (bs, _) = engine.open_session(b).expect("session");
     let bs = engine.session(chatbus::store::parse_hex(&bs.uuid).expect("hex")).expect("live");
     let now = Cursor::from_ns(Clock::wall_ns() + 1_000_000_000_000);

@@ -144,6 +144,60 @@ pub fn poll_answer<E: AsRef<[u8]>>(cursor: Cursor, gap: bool, newest_first: &[E]
     out.freeze()
 }
 
+/// Room kept in front of a [`PollAnswer`] for its envelope, which is only known once the
+/// messages are in: at most 106 bytes (`{"meta":{"http_code":200,"cursor":{"unix":<i64>,"nano":
+/// <9 digits>},"gap":false},"response":[`).
+const HEAD_ROOM: usize = 128;
+
+/// A messages answer built in one buffer: the mailbox copies the messages in, then the envelope
+/// is written into the room left in front of them — no second copy of the messages.
+#[derive(Debug)]
+pub struct PollAnswer {
+    buf: BytesMut,
+}
+
+impl Default for PollAnswer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PollAnswer {
+    /// An empty answer with room for its envelope.
+    pub fn new() -> Self {
+        let mut buf = BytesMut::with_capacity(HEAD_ROOM + 64);
+        buf.resize(HEAD_ROOM, 0);
+        Self { buf }
+    }
+
+    /// Where the comma-separated messages go (see `Mailbox::write_after`).
+    pub fn messages(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Writes the envelope around the messages.
+    pub fn finish(mut self, cursor: Cursor, gap: bool) -> Bytes {
+        let mut head = [0u8; HEAD_ROOM];
+        let mut w = &mut head[..];
+        let mut unix = itoa::Buffer::new();
+        let mut nano = itoa::Buffer::new();
+        for part in [
+            &b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":"[..],
+            unix.format(cursor.unix).as_bytes(),
+            b",\"nano\":",
+            nano.format(cursor.nano).as_bytes(),
+            if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" },
+        ] {
+            w.put_slice(part);
+        }
+        let len = HEAD_ROOM - w.len();
+        self.buf[HEAD_ROOM - len..HEAD_ROOM].copy_from_slice(&head[..len]);
+        self.buf.put_slice(b"]}");
+        let _ = self.buf.split_to(HEAD_ROOM - len);
+        self.buf.freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +243,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["response"], serde_json::json!([]));
         assert_eq!(v["meta"]["gap"], false);
+    }
+
+    #[test]
+    fn poll_answer_builder_matches_the_simple_renderer() {
+        for (cursor, gap, msgs) in [
+            (Cursor { unix: 0, nano: 0 }, false, vec![]),
+            (Cursor { unix: i64::MIN, nano: 999_999_999 }, false, vec![&b"{\"a\":1}"[..]]),
+            (Cursor { unix: 1_471_756_932, nano: 632_474_775 }, true, vec![&b"1"[..], b"2", b"3"]),
+        ] {
+            let mut a = PollAnswer::new();
+            for (i, m) in msgs.iter().enumerate() {
+                if i > 0 {
+                    a.messages().put_u8(b',');
+                }
+                a.messages().put_slice(m);
+            }
+            let newest_first: Vec<&[u8]> = msgs.iter().rev().copied().collect();
+            assert_eq!(a.finish(cursor, gap), poll_answer(cursor, gap, &newest_first));
+        }
     }
 
     #[test]

@@ -41,12 +41,11 @@ mod types;
 pub use types::{ContactView, Session, SessionView, User, UserView};
 
 use crate::clock::Clock;
-use crate::mailbox::Entry;
 use crate::metrics::Metrics;
 use crate::render::{self, Cursor};
 use crate::store::{MessageRow, Op, SessionRow, UserRow};
 use crate::writer::{Ack, WriterHandle};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -345,11 +344,12 @@ impl Engine {
 
     // ---- messages: the hot path ----------------------------------------------------------------
 
-    /// Reads the session user's messages created after `cutoff` into `out` (newest first) and
-    /// marks the session active. Takes no lock but the shard's session-map read lock.
-    pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut Vec<Arc<Entry>>) -> Polled {
+    /// Appends the session user's messages created after `cutoff` to `out` (oldest first,
+    /// comma-separated JSON; see [`crate::mailbox::Mailbox::write_after`]) and marks the session
+    /// active. Takes no lock: the session was looked up already.
+    pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut BytesMut) -> Polled {
         session.touch(Clock::wall_ns());
-        let read = session.user.mailbox.read_after(cutoff.map(Cursor::as_ns), out);
+        let read = session.user.mailbox.write_after(cutoff.map(Cursor::as_ns), out);
         let cursor = read.newest.map(Cursor::from_ns).or(cutoff).unwrap_or(Cursor { unix: 0, nano: 0 });
         Polled { cursor, gap: read.gap }
     }

@@ -18,8 +18,21 @@ fn engine(capacity: usize, shards: usize) -> (Writer, Arc<Engine>) {
     (writer, e)
 }
 
-fn parse(json: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(json).unwrap()
+/// Polls and returns the messages, oldest first, parsed.
+fn poll(e: &Engine, s: &Session, cutoff: Option<Cursor>) -> (Vec<serde_json::Value>, Polled) {
+    let mut out = BytesMut::new();
+    let polled = e.poll(s, cutoff, &mut out);
+    let mut array = b"[".to_vec();
+    array.extend_from_slice(&out);
+    array.push(b']');
+    (serde_json::from_slice::<Vec<serde_json::Value>>(&array).unwrap(), polled)
+}
+
+fn ns(m: &serde_json::Value) -> i64 {
+    let t =
+        time::OffsetDateTime::parse(m["created_utc"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    t.unix_timestamp_nanos() as i64
 }
 
 /// The ordering invariant under contention: 8 senders in different shards write to one receiver
@@ -55,18 +68,15 @@ fn concurrent_senders_exactly_once_with_cursor() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut cursor: Option<Cursor> = None;
     let mut last_created = i64::MIN;
-    let mut out = Vec::new();
     let expected = SENDERS * PER_SENDER;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < expected {
         assert!(std::time::Instant::now() < deadline, "only {} of {expected} delivered", seen.len());
-        out.clear();
-        let polled = e.poll(&rx_session, cursor, &mut out);
+        let (msgs, polled) = poll(&e, &rx_session, cursor);
         assert!(!polled.gap, "capacity is large enough: no gap may be reported");
-        for entry in out.iter().rev() {
-            assert!(entry.created > last_created, "timestamps not strictly increasing in the mailbox");
-            last_created = entry.created;
-            let v = parse(&entry.json);
+        for v in msgs {
+            assert!(ns(&v) > last_created, "timestamps not strictly increasing in the mailbox");
+            last_created = ns(&v);
             if v["receiver_id"] == receiver {
                 *seen.entry(v["body"].as_str().unwrap().to_owned()).or_default() += 1;
             }
@@ -76,9 +86,7 @@ fn concurrent_senders_exactly_once_with_cursor() {
     for s in senders {
         s.join().unwrap();
     }
-    out.clear();
-    e.poll(&rx_session, cursor, &mut out);
-    assert!(out.is_empty(), "nothing left after the cursor once all are seen");
+    assert!(poll(&e, &rx_session, cursor).0.is_empty(), "nothing left after the cursor once all are seen");
     assert_eq!(seen.len(), expected);
     assert!(seen.values().all(|&n| n == 1), "a message was delivered twice");
 }
@@ -113,13 +121,11 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
     assert_eq!(s.created, now - 50);
     assert_eq!(s.last_active(), now - 10);
     assert_eq!(e.contacts(&s).len(), 1);
-    let mut out = Vec::new();
-    let p = e.poll(&s, None, &mut out);
-    let bodies: Vec<_> = out.iter().rev().map(|x| parse(&x.json)["body"].as_str().unwrap().to_owned()).collect();
+    let (msgs, p) = poll(&e, &s, None);
+    let bodies: Vec<_> = msgs.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect();
     assert_eq!(bodies, ["m2", "m3", "m4"], "capacity 3 keeps the newest three");
     assert!(p.gap, "two messages were pushed out");
-    out.clear();
-    let p = e.poll(&s, Some(Cursor::from_ns(now + 1)), &mut out);
+    let (_, p) = poll(&e, &s, Some(Cursor::from_ns(now + 1)));
     assert!(!p.gap, "a client that saw m1 missed nothing");
     // The next user id and timestamps continue after the restored ones.
     assert_eq!(e.create_user("c", "").0.id, 6);

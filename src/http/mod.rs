@@ -11,7 +11,6 @@ pub mod input;
 pub mod router;
 
 use crate::engine::{Engine, EngineError};
-use crate::mailbox::Entry;
 use crate::metrics::Metrics;
 use crate::render;
 use crate::writer::Ack;
@@ -289,13 +288,13 @@ impl Api {
         }
     }
 
-    /// `GET /api/messages/...`: the hot path. An empty poll allocates only its answer.
+    /// `GET /api/messages/...`: the hot path. One buffer: the mailbox copies the messages in,
+    /// the envelope goes in front of them; an empty poll makes one small allocation.
     fn poll(&self, s: &str, unix: Option<&str>, nano: Option<&str>) -> Result<HttpResponse, ApiError> {
         let session = self.engine.session(input::session_segment(s)?)?;
         let cutoff = input::cutoff(unix, nano)?;
-        let mut entries: Vec<Arc<Entry>> = Vec::new();
-        let polled = self.engine.poll(&session, cutoff, &mut entries);
-        let json: Vec<&Bytes> = entries.iter().map(|e| &e.json).collect();
-        Ok(ok(render::poll_answer(polled.cursor, polled.gap, &json)))
+        let mut answer = render::PollAnswer::new();
+        let polled = self.engine.poll(&session, cutoff, answer.messages());
+        Ok(ok(answer.finish(polled.cursor, polled.gap)))
     }
 }
