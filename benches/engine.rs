@@ -112,8 +112,8 @@ fn send(c: &mut Criterion) {
         writer.handle(),
         metrics,
     );
-    let a = engine.create_user("a", "").0.id;
-    let b = engine.create_user("b", "").0.id;
+    let a = engine.create_user("a", "").expect("user").0.id;
+    let b = engine.create_user("b", "").expect("user").0.id;
     let (s, _) = engine.open_session(a).expect("session");
     let s = engine.session(chatbus::store::parse_hex(&s.uuid).expect("hex")).expect("live");
     let mut g = c.benchmark_group("engine");

@@ -28,6 +28,11 @@ use tokio::sync::oneshot;
 
 /// Most ops applied in one transaction.
 pub const MAX_BATCH: usize = 8192;
+/// How long the thread waits for work before it checks whether there is any other to do.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// How long the store may go without a write, cull or ping before the thread pings it, so that
+/// `/readyz` notices an unreachable store on an idle server too.
+pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// Most expired messages deleted in one culling step.
 pub const CULL_STEP: usize = 5000;
 
@@ -156,10 +161,15 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
     let mut ops: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     let mut cull_before: Option<i64> = None;
+    let mut cull_backoff = Duration::ZERO;
+    let mut last_contact = Instant::now();
     let mut stopping = false;
     while !stopping {
-        // Wait for work; with culling to do, only peek.
-        let wait = if cull_before.is_some() { Duration::ZERO } else { Duration::from_millis(500) };
+        // Wait for work; with culling to do, only peek (or back off after a failure).
+        let wait = match cull_before {
+            Some(_) => cull_backoff,
+            None => IDLE_WAIT,
+        };
         let mut taken = 0usize;
         let mut take = |cmd: Command, ops: &mut Vec<Op>, acks: &mut Vec<_>, stopping: &mut bool| {
             taken += 1;
@@ -189,25 +199,54 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
                 commit(&mut *store, &mut ops, &mut acks, shared);
             }
         }
-        commit(&mut *store, &mut ops, &mut acks, shared);
+        if !ops.is_empty() || !acks.is_empty() {
+            commit(&mut *store, &mut ops, &mut acks, shared);
+            last_contact = Instant::now();
+        } else if last_contact.elapsed() >= HEALTH_CHECK && cull_before.is_none() {
+            // Idle: make sure /readyz still tells the truth about the store.
+            set_health(shared, store.ping().map_err(|e| e.to_string()));
+            last_contact = Instant::now();
+        }
         shared.pending.fetch_sub(taken, Ordering::Relaxed);
         shared.metrics.queue_depth.set(i64::try_from(shared.pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        if let Some(before) = cull_before {
-            match store.cull_messages(before, CULL_STEP) {
+        if let Some(before) = cull_before.filter(|_| !stopping) {
+            let culled = store.cull_messages(before, CULL_STEP);
+            last_contact = Instant::now();
+            match culled {
                 Ok(n) => {
                     shared.metrics.messages_culled.inc_by(n as u64);
+                    cull_backoff = Duration::ZERO;
                     if n < CULL_STEP {
                         cull_before = None;
                     }
+                    set_health(shared, Ok(()));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "culling expired messages failed; will retry");
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Retried after new work arrives or the backoff passes, whichever is first.
+                    cull_backoff = (cull_backoff * 2).clamp(Duration::from_millis(20), Duration::from_secs(2));
+                    set_health(shared, Err(format!("culling expired messages: {e}")));
                 }
             }
         }
     }
     tracing::debug!("writer stopped");
+}
+
+/// Records whether the store answered, logging only the transitions.
+fn set_health(shared: &Shared, result: Result<(), String>) {
+    match result {
+        Ok(()) => {
+            if !shared.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!("the store answers again");
+            }
+        }
+        Err(e) => {
+            shared.metrics.store_errors.inc();
+            if shared.healthy.swap(false, Ordering::Relaxed) {
+                tracing::error!(error = %e, "the store is unreachable; retrying with backoff");
+            }
+        }
+    }
 }
 
 /// Applies `ops` in one transaction, retrying until it commits, then completes `acks`.
@@ -222,9 +261,7 @@ fn commit(store: &mut dyn Store, ops: &mut Vec<Op>, acks: &mut Vec<oneshot::Send
             Ok(()) => {
                 shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                 shared.metrics.batch_size.observe(ops.len() as f64);
-                if !shared.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("store writes succeed again");
-                }
+                set_health(shared, Ok(()));
                 break;
             }
             Err(e) => {

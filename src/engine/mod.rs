@@ -86,6 +86,9 @@ pub enum EngineError {
     /// The write queue is at `--max-pending`.
     #[error("the write queue is full (--max-pending); retry shortly")]
     QueueFull,
+    /// The store is unreachable, so a write that must be durable cannot be acknowledged.
+    #[error("the store is unreachable; nothing was changed, try again shortly")]
+    StoreDown,
     /// The writer stopped before confirming the write.
     #[error("the store is unavailable; the write was not confirmed")]
     StoreUnavailable,
@@ -196,14 +199,25 @@ impl Engine {
         self.writer.submit_durable(op)
     }
 
+    /// Refuses a change that must be durable before it is answered while the store is known to
+    /// be unreachable: it could not be acknowledged, and the client would wait for the outage.
+    fn require_store(&self) -> Result<(), EngineError> {
+        if self.writer.is_healthy() {
+            Ok(())
+        } else {
+            Err(EngineError::StoreDown)
+        }
+    }
+
     // ---- users -------------------------------------------------------------------------------
 
     /// Creates a user, or returns the existing one with that `uuid` unchanged (and no ack).
-    pub fn create_user(&self, uuid: &str, display_name: &str) -> (UserView, Option<Ack>) {
+    pub fn create_user(&self, uuid: &str, display_name: &str) -> Result<(UserView, Option<Ack>), EngineError> {
         let _admin = self.admin.lock();
         if let Some(u) = self.by_uuid.get(uuid) {
-            return (u.view(), None);
+            return Ok((u.view(), None));
         }
+        self.require_store()?;
         let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
         let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), self.config.mailbox_capacity));
         let ack = self.durable(Op::UpsertUser(UserRow {
@@ -214,7 +228,7 @@ impl Engine {
         }));
         self.user_shard(id).users.write().insert(id, user.clone());
         self.by_uuid.insert(uuid.to_owned(), user.clone());
-        (user.view(), Some(ack))
+        Ok((user.view(), Some(ack)))
     }
 
     /// One user by id.
@@ -239,6 +253,7 @@ impl Engine {
     pub fn update_user(&self, id: i64, display_name: &str) -> Result<(UserView, Ack), EngineError> {
         let _admin = self.admin.lock();
         let user = self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+        self.require_store()?;
         user.set_display_name(display_name.into());
         let ack = self.durable(Op::UpsertUser(UserRow {
             id,
@@ -252,6 +267,8 @@ impl Engine {
     /// Deletes a user with their sessions, contacts and mailbox.
     pub fn delete_user(&self, id: i64) -> Result<Ack, EngineError> {
         let _admin = self.admin.lock();
+        self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+        self.require_store()?;
         let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
         self.by_uuid.remove(&user.uuid);
         for uuid in user.take_sessions() {
@@ -271,6 +288,7 @@ impl Engine {
     pub fn open_session(&self, user_id: i64) -> Result<(SessionView, Ack), EngineError> {
         let _admin = self.admin.lock();
         let user = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
+        self.require_store()?;
         let uuid: u128 = rand::random();
         let now = self.clock.next();
         let session = Arc::new(Session::new(uuid, user.clone(), now, now));
@@ -291,6 +309,8 @@ impl Engine {
     /// Closes a session.
     pub fn close_session(&self, uuid: u128) -> Result<Ack, EngineError> {
         let _admin = self.admin.lock();
+        self.session_arc(uuid).ok_or(EngineError::NoSuchSession)?;
+        self.require_store()?;
         let session = self.session_shard(uuid).sessions.write().remove(&uuid).ok_or(EngineError::NoSuchSession)?;
         session.user.remove_session(uuid);
         Ok(self.durable(Op::DeleteSession { uuid }))
@@ -320,9 +340,11 @@ impl Engine {
         if me.id == other.id {
             return Err(EngineError::SelfContact);
         }
-        if !me.add_contact(other.id) {
+        if me.contact_ids().contains(&other.id) {
             return Ok(None);
         }
+        self.require_store()?;
+        me.add_contact(other.id);
         other.add_contact(me.id);
         Ok(Some(self.durable(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) })))
     }
@@ -335,9 +357,11 @@ impl Engine {
         }
         let other = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
         let me = &session.user;
-        if !me.remove_contact(other.id) {
+        if !me.contact_ids().contains(&other.id) {
             return Ok(None);
         }
+        self.require_store()?;
+        me.remove_contact(other.id);
         other.remove_contact(me.id);
         Ok(Some(self.durable(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) })))
     }

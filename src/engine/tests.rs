@@ -43,10 +43,10 @@ fn concurrent_senders_exactly_once_with_cursor() {
     const SENDERS: usize = 8;
     const PER_SENDER: usize = 5_000;
     let (_w, e) = engine(2 * PER_SENDER * SENDERS, 4);
-    let receiver = e.create_user("rx", "").0.id;
+    let receiver = e.create_user("rx", "").unwrap().0.id;
     let (rx_session, _) = e.open_session(receiver).unwrap();
     let rx_session = e.session(crate::store::parse_hex(&rx_session.uuid).unwrap()).unwrap();
-    let ids: Vec<i64> = (0..SENDERS).map(|i| e.create_user(&format!("tx{i}"), "").0.id).collect();
+    let ids: Vec<i64> = (0..SENDERS).map(|i| e.create_user(&format!("tx{i}"), "").unwrap().0.id).collect();
     let senders: Vec<_> = (0..SENDERS)
         .map(|i| {
             let e = e.clone();
@@ -128,7 +128,7 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
     let (_, p) = poll(&e, &s, Some(Cursor::from_ns(now + 1)));
     assert!(!p.gap, "a client that saw m1 missed nothing");
     // The next user id and timestamps continue after the restored ones.
-    assert_eq!(e.create_user("c", "").0.id, 6);
+    assert_eq!(e.create_user("c", "").unwrap().0.id, 6);
     let sent = e.send(&s, 5, "new", None).unwrap();
     assert!(sent.created > now + 4);
     // User 5's watermark: the stored one (now - 1000) is older than what capacity pushed out
@@ -140,7 +140,7 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
 #[test]
 fn culling_expires_sessions_and_messages_per_shard() {
     let (_w, e) = engine(16, 3);
-    let a = e.create_user("a", "").0.id;
+    let a = e.create_user("a", "").unwrap().0.id;
     let (sv, _) = e.open_session(a).unwrap();
     let s = e.session(crate::store::parse_hex(&sv.uuid).unwrap()).unwrap();
     let sent = e.send(&s, a, "self", None).unwrap();
@@ -169,7 +169,7 @@ fn send_rejects_when_queue_full_and_unknown_receiver() {
         durable_acks: false,
     };
     let e = Engine::new(config, writer.handle(), metrics);
-    let a = e.create_user("a", "").0.id;
+    let a = e.create_user("a", "").unwrap().0.id;
     let (sv, _) = e.open_session(a).unwrap();
     let s = e.session(crate::store::parse_hex(&sv.uuid).unwrap()).unwrap();
     assert_eq!(e.send(&s, 999, "x", None).unwrap_err(), EngineError::NoSuchReceiver);

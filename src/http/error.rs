@@ -46,7 +46,7 @@ impl From<EngineError> for ApiError {
         let status = match e {
             EngineError::NoSuchSession | EngineError::NoSuchUser(_) => 404,
             EngineError::NoSuchReceiver | EngineError::SelfContact => 400,
-            EngineError::QueueFull | EngineError::StoreUnavailable => 503,
+            EngineError::QueueFull | EngineError::StoreDown | EngineError::StoreUnavailable => 503,
         };
         Self::new(status, e.to_string())
     }

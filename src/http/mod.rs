@@ -207,7 +207,7 @@ impl Api {
             (Route::ListUsers, _) => Ok(ok(render::ok_value(&e.users()))),
             (Route::CreateUser, _) => {
                 let u = input::new_user(body)?;
-                let (user, ack) = e.create_user(&u.uuid, &u.display_name);
+                let (user, ack) = e.create_user(&u.uuid, &u.display_name)?;
                 if let Some(ack) = ack {
                     acked(ack).await?;
                 }
