@@ -7,9 +7,9 @@ use std::time::Duration;
 /// 100k message rows is tens of MB, and a few seconds of the fastest sustained send rate.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
-/// How long a client may take to send a request's headers; also how long an idle keep-alive
-/// connection is kept (hyper starts the clock when it waits for the next request's head).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that starts no request (a slow client's headers never complete, or an idle
+/// keep-alive connection) for a whole period of this length is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// chatbus: a backend for interval-polling chat clients.
 #[derive(Debug, Clone, Parser)]
@@ -57,10 +57,9 @@ pub struct Config {
     #[arg(long, env = "CHATBUS_CONNECT_TIMEOUT", value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
-    /// How long a client may take to send a request's headers (including an idle keep-alive
-    /// connection waiting for its next request). Not a flag: tests shorten it.
-    #[arg(skip = HEADER_READ_TIMEOUT)]
-    pub header_read_timeout: Duration,
+    /// See [`IDLE_TIMEOUT`]. Not a flag: tests shorten it.
+    #[arg(skip = IDLE_TIMEOUT)]
+    pub idle_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

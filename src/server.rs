@@ -3,7 +3,7 @@
 //! [`Server::start`] opens the store, restores the engine from it and culls what expired while
 //! the server was down — all before it binds the listener, so the first client already sees the
 //! restored state. Each accepted connection is served by hyper's HTTP/1.1 connection (keep-alive,
-//! `TCP_NODELAY`, a header-read timeout) on the tokio runtime.
+//! `TCP_NODELAY`) on the tokio runtime, watched by a per-connection idle timer ([`watch_idle`]).
 //!
 //! [`Server::shutdown`] (what SIGINT/SIGTERM trigger in the binary) stops accepting, lets hyper
 //! finish requests in flight and close idle connections, stops the culler, queues the sessions'
@@ -19,10 +19,11 @@ use crate::store::{self, StoreOptions};
 use crate::writer::Writer;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -118,8 +119,7 @@ impl Server {
         let culler = Culler::start(engine.clone()).map_err(StartError::Thread)?;
         let api = Arc::new(Api::new(engine.clone(), metrics));
         let (stop, stopped) = oneshot::channel();
-        let task =
-            tokio::spawn(serve(listener, api, stopped, engine.clone(), culler, writer, config.header_read_timeout));
+        let task = tokio::spawn(serve(listener, api, stopped, engine.clone(), culler, writer, config.idle_timeout));
         Ok(Self { addr: local, engine, stop: Some(stop), task })
     }
 
@@ -144,6 +144,46 @@ impl Server {
     }
 }
 
+/// Requests a connection has handed to the API, and finished.
+#[derive(Debug, Default)]
+struct Progress {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Serves a connection, closing it when a whole `idle_timeout` passes in which it started no
+/// request and has none in flight: a slow client that never finishes its headers, or an idle
+/// keep-alive connection, goes after between one and two periods. Costs two relaxed atomic adds
+/// per request and one timer per period.
+async fn watch_idle<C, E>(conn: C, progress: Arc<Progress>, idle_timeout: Duration)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut conn => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(idle_timeout) => {
+                let started = progress.started.load(Ordering::Relaxed);
+                let in_flight = started != progress.finished.load(Ordering::Relaxed);
+                if started == seen && !in_flight {
+                    tracing::debug!(?idle_timeout, "closing a connection that started no request");
+                    return; // dropping the connection closes it
+                }
+                seen = started;
+            }
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
@@ -151,11 +191,14 @@ async fn serve(
     engine: Arc<Engine>,
     culler: Culler,
     writer: Writer,
-    header_read_timeout: Duration,
+    idle_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout).keep_alive(true);
+    // No hyper header-read timer: hyper drops and re-creates it for every request (two timer-wheel
+    // operations and an allocation per request, ~7 % of an empty poll's CPU). `watch_idle` below
+    // bounds slow and idle clients with one timer per connection per period instead.
+    builder.keep_alive(true);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -173,16 +216,22 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let api = api.clone();
-        let svc = service_fn(move |req| {
-            let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
-        });
+        let progress = Arc::new(Progress::default());
+        let svc = {
+            let progress = progress.clone();
+            service_fn(move |req| {
+                let api = api.clone();
+                let progress = progress.clone();
+                progress.started.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let res = api.handle(req).await;
+                    progress.finished.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(watch_idle(conn, progress, idle_timeout));
     }
     drop(listener);
     if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
