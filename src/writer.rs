@@ -143,7 +143,7 @@ impl Writer {
 
     fn stop_and_join(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.handle.tx.send(Command::Stop);
+            self.handle.queue(Command::Stop);
             if thread.join().is_err() {
                 tracing::error!("writer thread panicked");
             }
@@ -277,5 +277,81 @@ fn commit(store: &mut dyn Store, ops: &mut Vec<Op>, acks: &mut Vec<oneshot::Send
     ops.clear();
     for ack in acks.drain(..) {
         let _ = ack.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Snapshot, StoreError};
+    use parking_lot::Mutex;
+
+    /// Records every committed op; fails the first `failures` writes.
+    struct Recording {
+        ops: Arc<Mutex<Vec<Op>>>,
+        failures: usize,
+    }
+
+    impl Store for Recording {
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+        fn load(&mut self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(StoreError::Other("injected failure".into()));
+            }
+            self.ops.lock().extend_from_slice(ops);
+            Ok(())
+        }
+        fn cull_messages(&mut self, _before_ns: i64, _limit: usize) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn ping(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn op(id: i64) -> Op {
+        Op::DeleteUser { id }
+    }
+
+    #[test]
+    fn stop_drains_everything_in_order_and_retries_failed_batches() {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let store = Recording { ops: ops.clone(), failures: 3 };
+        let writer = Writer::start(Box::new(store), 1_000_000, Arc::new(Metrics::new(&["t"]))).unwrap();
+        let handle = writer.handle();
+        let mut acks = Vec::new();
+        for id in 0..20_000 {
+            if id % 1000 == 0 {
+                acks.push(handle.submit_durable(op(id)));
+            } else {
+                handle.submit(op(id));
+            }
+        }
+        writer.stop();
+        let written = ops.lock().clone();
+        assert_eq!(written, (0..20_000).map(op).collect::<Vec<_>>(), "everything, once, in order");
+        for mut ack in acks {
+            assert_eq!(ack.try_recv(), Ok(()), "every durable op acknowledged after its commit");
+        }
+        assert_eq!(handle.pending(), 0, "the queue depth returns to zero");
+        assert!(handle.is_healthy(), "healthy again after the injected failures");
+    }
+
+    #[test]
+    fn a_durable_ack_waits_for_the_commit() {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let store = Recording { ops: ops.clone(), failures: 0 };
+        let writer = Writer::start(Box::new(store), 10, Arc::new(Metrics::new(&["t"]))).unwrap();
+        let ack = writer.handle().submit_durable(op(7));
+        // Blocking receive from a plain thread: resolves only once the op is in the store.
+        assert_eq!(ack.blocking_recv(), Ok(()));
+        assert_eq!(*ops.lock(), vec![op(7)]);
+        writer.stop();
     }
 }
