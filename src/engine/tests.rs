@@ -157,10 +157,51 @@ fn culling_expires_sessions_and_messages_per_shard() {
     assert!(!user.is_online());
 }
 
+/// A store whose writes wait while its gate is closed, to hold the write queue full.
+struct Gated(Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>);
+
+impl crate::store::Store for Gated {
+    fn kind(&self) -> &'static str {
+        "gated"
+    }
+    fn load(&mut self) -> Result<Snapshot, crate::store::StoreError> {
+        Ok(Snapshot::default())
+    }
+    fn write(&mut self, _ops: &[Op]) -> Result<(), crate::store::StoreError> {
+        let (open, cv) = &*self.0;
+        let mut open = open.lock();
+        while !*open {
+            cv.wait(&mut open);
+        }
+        Ok(())
+    }
+    fn cull_messages(&mut self, _before_ns: i64, _limit: usize) -> Result<usize, crate::store::StoreError> {
+        Ok(0)
+    }
+    fn ping(&mut self) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+}
+
 #[test]
 fn send_rejects_when_queue_full_and_unknown_receiver() {
+    let gate = Arc::new((parking_lot::Mutex::new(true), parking_lot::Condvar::new()));
+    let set_gate = |open: bool| {
+        *gate.0.lock() = open;
+        gate.1.notify_all();
+    };
     let metrics = Arc::new(Metrics::new(&["x"]));
-    let writer = Writer::start(Box::new(MemoryStore), 1, metrics.clone()).unwrap();
+    let writer = Writer::start(Box::new(Gated(gate.clone())), 2, metrics.clone()).unwrap();
+    // Dropped before `writer` (reverse order): a failed assertion opens the gate, so stopping
+    // the writer cannot hang the test.
+    struct OpenOnDrop(Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            *self.0 .0.lock() = true;
+            self.0 .1.notify_all();
+        }
+    }
+    let _open_on_drop = OpenOnDrop(gate.clone());
     let config = EngineConfig {
         shards: 1,
         mailbox_capacity: 4,
@@ -173,14 +214,22 @@ fn send_rejects_when_queue_full_and_unknown_receiver() {
     let (sv, _) = e.open_session(a).unwrap();
     let s = e.session(crate::store::parse_hex(&sv.uuid).unwrap()).unwrap();
     assert_eq!(e.send(&s, 999, "x", None).unwrap_err(), EngineError::NoSuchReceiver);
-    // Fill the queue past --max-pending=1 without letting the writer run: queue raw ops.
-    for _ in 0..3 {
-        writer.handle().submit(Op::DeleteUser { id: 12345 });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.writer().pending() > 0 {
+        assert!(std::time::Instant::now() < deadline, "writer never drained");
+        std::thread::yield_now();
     }
-    // The writer drains quickly; either the send is refused with QueueFull or it got through
-    // after the drain. What must never happen is an accepted send while pending >= max.
-    match e.send(&s, a, "x", None) {
-        Err(EngineError::QueueFull) | Ok(_) => {}
-        Err(other) => panic!("unexpected {other:?}"),
+    // Close the gate: the next two writes stay queued, which is --max-pending=2.
+    set_gate(false);
+    e.send(&s, a, "fills the queue", None).unwrap();
+    e.send(&s, a, "fills the queue", None).unwrap();
+    assert_eq!(e.send(&s, a, "one too many", None).unwrap_err(), EngineError::QueueFull);
+    assert_eq!(s.user.mailbox.len(), 2, "a refused send is in no mailbox");
+    // The store catches up: sends are accepted again.
+    set_gate(true);
+    while e.writer().is_full() {
+        assert!(std::time::Instant::now() < deadline, "queue never drained");
+        std::thread::yield_now();
     }
+    e.send(&s, a, "accepted again", None).unwrap();
 }
