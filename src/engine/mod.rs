@@ -340,7 +340,7 @@ impl Engine {
         if me.id == other.id {
             return Err(EngineError::SelfContact);
         }
-        if me.contact_ids().contains(&other.id) {
+        if me.has_contact(other.id) {
             return Ok(None);
         }
         self.require_store()?;
@@ -357,7 +357,7 @@ impl Engine {
         }
         let other = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
         let me = &session.user;
-        if !me.contact_ids().contains(&other.id) {
+        if !me.has_contact(other.id) {
             return Ok(None);
         }
         self.require_store()?;
@@ -491,11 +491,6 @@ impl Engine {
             self.cull_shard(i, now, flush_activity);
         }
         self.writer.cull(now.saturating_sub(ttl_ns(self.config.message_ttl)));
-    }
-
-    /// Number of shards.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
     }
 }
 

@@ -66,6 +66,11 @@ impl User {
         self.contacts.lock().iter().copied().collect()
     }
 
+    /// Whether `id` is a contact.
+    pub fn has_contact(&self, id: i64) -> bool {
+        self.contacts.lock().contains(&id)
+    }
+
     /// Returns whether the contact is new.
     pub(crate) fn add_contact(&self, id: i64) -> bool {
         self.contacts.lock().insert(id)
