@@ -1,7 +1,7 @@
 //! JSON rendering: the original's envelope, its objects, and Go's `RFC3339Nano` timestamps.
 //!
 //! Messages are rendered once, when they are sent ([`message`]); a poll answer is the envelope
-//! written around those pre-rendered bytes ([`poll_answer`]). Everything else is rare and goes
+//! written around those pre-rendered bytes ([`PollAnswer`]). Everything else is rare and goes
 //! through `serde_json`.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -124,26 +124,6 @@ pub fn error(code: u16, message: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// A messages answer: the envelope with `cursor` and `gap` in `meta` around the pre-rendered
-/// messages. `newest_first` is the order a mailbox read yields; the answer is oldest first.
-pub fn poll_answer<E: AsRef<[u8]>>(cursor: Cursor, gap: bool, newest_first: &[E]) -> Bytes {
-    let len: usize = newest_first.iter().map(|e| e.as_ref().len() + 1).sum();
-    let mut out = BytesMut::with_capacity(96 + len);
-    out.put_slice(b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
-    out.put_slice(b",\"nano\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
-    out.put_slice(if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" });
-    for (i, e) in newest_first.iter().rev().enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(e.as_ref());
-    }
-    out.put_slice(b"]}");
-    out.freeze()
-}
-
 /// Room kept in front of a [`PollAnswer`] for its envelope, which is only known once the
 /// messages are in: at most 106 bytes (`{"meta":{"http_code":200,"cursor":{"unix":<i64>,"nano":
 /// <9 digits>},"gap":false},"response":[`).
@@ -201,6 +181,26 @@ impl PollAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The straightforward renderer the one-buffer [`PollAnswer`] must agree with: the envelope
+    /// with `cursor` and `gap` in `meta` around messages given newest first.
+    fn poll_answer<E: AsRef<[u8]>>(cursor: Cursor, gap: bool, newest_first: &[E]) -> Bytes {
+        let len: usize = newest_first.iter().map(|e| e.as_ref().len() + 1).sum();
+        let mut out = BytesMut::with_capacity(96 + len);
+        out.put_slice(b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":");
+        out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
+        out.put_slice(b",\"nano\":");
+        out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
+        out.put_slice(if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" });
+        for (i, e) in newest_first.iter().rev().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(e.as_ref());
+        }
+        out.put_slice(b"]}");
+        out.freeze()
+    }
 
     #[test]
     fn timestamps_match_go_rfc3339nano() {

@@ -3,7 +3,7 @@
 //! [`Server::start`] opens the store, restores the engine from it and culls what expired while
 //! the server was down — all before it binds the listener, so the first client already sees the
 //! restored state. Each accepted connection is served by hyper's HTTP/1.1 connection (keep-alive,
-//! `TCP_NODELAY`) on the tokio runtime, watched by a per-connection idle timer ([`watch_idle`]).
+//! `TCP_NODELAY`) on the tokio runtime, watched by a per-connection idle timer (`watch_idle`).
 //!
 //! [`Server::shutdown`] (what SIGINT/SIGTERM trigger in the binary) stops accepting, lets hyper
 //! finish requests in flight and close idle connections, stops the culler, queues the sessions'
