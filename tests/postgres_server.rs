@@ -208,6 +208,16 @@ where
     }
 }
 
+/// Starts the throwaway cluster again and waits until chatbus reports ready on it.
+async fn start_and_wait_ready(cluster: &Arc<Cluster>, api: &Api) {
+    let c = cluster.clone();
+    blocking(move || c.start()).await;
+    wait_until("/readyz 200 once PostgreSQL is back", Duration::from_secs(20), || async {
+        api.readyz().await.0 == 200
+    })
+    .await;
+}
+
 /// Runs blocking work (a `pg_ctl`, an admin query) off the runtime the server under test uses.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -1082,12 +1092,7 @@ async fn postgres_restart_and_outage_mid_load() {
     assert!(v["meta"]["message"].as_str().unwrap().contains("unreachable"), "{v}");
     assert_eq!(api.get("/healthz").await.0, 200);
 
-    let c = cluster.clone();
-    blocking(move || c.start()).await;
-    wait_until("/readyz 200 once PostgreSQL is back", Duration::from_secs(20), || async {
-        api.readyz().await.0 == 200
-    })
-    .await;
+    start_and_wait_ready(&cluster, &api).await;
     load.progress(200, "after PostgreSQL came back").await;
     let acked = load.finish().await;
     assert_received_once(&poller.finish().await, &acked);
@@ -1160,12 +1165,7 @@ async fn sends_past_max_pending_while_postgres_is_down_are_503_and_recover() {
     assert_eq!(mailbox, acked, "polls answer, and a refused send is in no mailbox");
     assert_eq!(api.get("/healthz").await.0, 200);
 
-    let c = cluster.clone();
-    blocking(move || c.start()).await;
-    wait_until("/readyz 200 once PostgreSQL is back", Duration::from_secs(20), || async {
-        api.readyz().await.0 == 200
-    })
-    .await;
+    start_and_wait_ready(&cluster, &api).await;
     for n in 0..20 {
         acked.insert(uuid_of(&api.send(&sa, b, &format!("after {n}")).await));
     }
@@ -1211,12 +1211,7 @@ async fn readyz_reports_an_unreachable_store_without_traffic() {
     assert_eq!(status, 503, "{v}");
     assert!(v["meta"]["message"].as_str().unwrap_or("").contains("store is unreachable"), "{v}");
     assert_eq!(api.get("/api/user.uuid/during-outage").await.0, 404, "a refused user must not exist");
-    let c = cluster.clone();
-    blocking(move || c.start()).await;
-    wait_until("/readyz 200 once PostgreSQL is back", Duration::from_secs(20), || async {
-        api.readyz().await.0 == 200
-    })
-    .await;
+    start_and_wait_ready(&cluster, &api).await;
     let (status, v) = api.call("POST", "/api/user", Some(&json!({"uuid": "during-outage"}))).await;
     assert_eq!(status, 200, "accepted again once the store is back: {v}");
     assert_eq!(bin.terminate().await.code(), Some(0), "graceful stop:\n{}", bin.stderr());
