@@ -6,13 +6,15 @@
 
 use bytes::Bytes;
 use chatbus::clock::Clock;
+use chatbus::clock::Cursor;
 use chatbus::engine::{Engine, EngineConfig};
 use chatbus::mailbox::Mailbox;
 use chatbus::metrics::Metrics;
-use chatbus::render::{self, Cursor};
+use chatbus::render;
 use chatbus::store::memory::MemoryStore;
 use chatbus::writer::Writer;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +69,7 @@ fn poll(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("read/cap{cap}"), k), |b| {
             b.iter(|| {
                 out.clear();
-                let o = mb.write_after(black_box(cutoff), &mut out);
+                let o = mb.read_into(black_box(cutoff), &mut out);
                 assert_eq!(o.newest.is_some(), k > 0);
                 black_box(o)
             })
@@ -76,7 +78,7 @@ fn poll(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("answer/cap{cap}"), k), |b| {
             b.iter(|| {
                 let mut answer = render::PollAnswer::new();
-                let o = mb.write_after(black_box(cutoff), answer.messages());
+                let o = mb.read_into(black_box(cutoff), answer.messages());
                 let cursor = o.newest.map(Cursor::from_ns).unwrap_or(Cursor { unix: 0, nano: 0 });
                 black_box(answer.finish(cursor, o.gap))
             })
@@ -113,19 +115,24 @@ fn send(c: &mut Criterion) {
         writer.handle(),
         metrics,
     );
-    let a = engine.create_user("a", "").expect("user").0.id;
-    let b = engine.create_user("b", "").expect("user").0.id;
-    let (s, _) = engine.open_session(a).expect("session");
-    let s = engine.session(chatbus::store::parse_hex(&s.uuid).expect("hex")).expect("live");
+    // Setting up waits for the (memory) store's commits; a send does not wait for anything.
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let a = rt.block_on(engine.create_user("a", "")).expect("user").id;
+    let b = rt.block_on(engine.create_user("b", "")).expect("user").id;
+    let session = |user| -> Arc<chatbus::engine::Session> {
+        let view = rt.block_on(engine.open_session(user)).expect("session");
+        engine.session(view.uuid.parse().expect("session id")).expect("live")
+    };
+    let s = session(a);
     let mut g = c.benchmark_group("engine");
     g.bench_function("send", |bn| {
         bn.iter(|| {
-            black_box(engine.send(&s, b, "a typical chat line, about sixty characters long.", None).expect("sent"))
+            let sent = engine.send(&s, b, "a typical chat line, about sixty characters long.", None);
+            black_box(sent.now_or_never().expect("a write-behind send does not wait").expect("sent"))
         })
     });
     let mut out = bytes::BytesMut::new();
-    let (bs, _) = engine.open_session(b).expect("session");
-    let bs = engine.session(chatbus::store::parse_hex(&bs.uuid).expect("hex")).expect("live");
+    let bs = session(b);
     let now = Cursor::from_ns(Clock::wall_ns() + 1_000_000_000_000);
     g.bench_function("poll_empty", |bn| {
         bn.iter(|| {

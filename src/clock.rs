@@ -6,7 +6,11 @@
 //! plus one nanosecond. So no two calls ever return the same value, even when the wall clock
 //! stands still (coarse clocks) or steps backwards (NTP), and a restarted server that is told the
 //! newest timestamp in its store ([`Clock::advance_past`]) never reuses one.
+//!
+//! A timestamp as clients see it — the messages `meta.cursor` and the `:unix/:nano` path of a
+//! poll — is a [`Cursor`].
 
+use serde::Serialize;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,6 +53,38 @@ impl Clock {
     }
 }
 
+/// A timestamp split the way the contract's cursor and `:unix/:nano` paths spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    /// Seconds since the epoch (may be negative).
+    pub unix: i64,
+    /// Nanoseconds within the second, `0..1_000_000_000`.
+    pub nano: u32,
+}
+
+impl Cursor {
+    /// The cursor of a server timestamp in nanoseconds.
+    pub fn from_ns(ns: i64) -> Self {
+        Self {
+            unix: ns.div_euclid(1_000_000_000),
+            // In 0..1e9 by construction.
+            nano: ns.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+
+    /// Normalises `unix` seconds plus `nano` nanoseconds (any sign or size) as Go's
+    /// `time.Unix(sec, nsec)` does. `None` when the seconds overflow an `i64`.
+    pub fn normalise(unix: i64, nano: i64) -> Option<Self> {
+        let unix = unix.checked_add(nano.div_euclid(1_000_000_000))?;
+        Some(Self { unix, nano: nano.rem_euclid(1_000_000_000) as u32 })
+    }
+
+    /// Nanoseconds since the epoch, widened so that no cursor overflows.
+    pub fn as_ns(self) -> i128 {
+        i128::from(self.unix) * 1_000_000_000 + i128::from(self.nano)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +117,15 @@ mod tests {
         let future = Clock::wall_ns() + 3_600_000_000_000;
         clock.advance_past(future);
         assert!(clock.next() > future);
+    }
+
+    #[test]
+    fn cursor_normalises_like_go() {
+        assert_eq!(Cursor::normalise(10, 1_500_000_000), Some(Cursor { unix: 11, nano: 500_000_000 }));
+        assert_eq!(Cursor::normalise(10, -1), Some(Cursor { unix: 9, nano: 999_999_999 }));
+        assert_eq!(Cursor::normalise(-1, 0), Some(Cursor { unix: -1, nano: 0 }));
+        assert_eq!(Cursor::normalise(i64::MAX, 1_000_000_000), None);
+        assert_eq!(Cursor::normalise(i64::MIN, -1), None);
+        assert_eq!(Cursor::from_ns(1_471_756_932_632_474_775), Cursor { unix: 1_471_756_932, nano: 632_474_775 });
     }
 }

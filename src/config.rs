@@ -82,11 +82,6 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// Defaults for everything, as if no flag and no variable were given (for tests).
-    pub fn defaults() -> Self {
-        Self::parse_from(["chatbus"])
-    }
-
     /// The address to listen on, applying the `PORT` rule.
     pub fn listen_addr(&self) -> String {
         match (&self.listen, std::env::var("PORT")) {

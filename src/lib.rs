@@ -26,6 +26,7 @@ pub mod config;
 pub mod cull;
 pub mod engine;
 pub mod http;
+pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod render;

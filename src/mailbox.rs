@@ -26,8 +26,11 @@
 //! An earlier version kept `Arc<Entry>` in `arc-swap` slots (no `unsafe`): in perf on the
 //! 1024-message poll, arc-swap's per-slot loads (a `SeqCst` debt-slot handshake) and the read
 //! around them took about 45 % of the server's CPU, and criterion measured that read of 1024
-//! messages at 29.7 µs against 9.0 µs with epoch slots (see README, Performance). The `unsafe` blocks are the three marked `SAFETY` below; the ring is
-//! model-checked with loom in `tests/loom/` and stress-tested in this module's tests.
+//! messages at 29.7 µs, against 4.8 µs now (epoch slots and the galloping seek together; README,
+//! "Engine micro-benchmarks"). There are four `unsafe` blocks, each with its `SAFETY` comment: the
+//! reader's dereference in [`Mailbox::read_into`]'s helper `entry`, the writer's dereference and
+//! `defer_destroy` in `replace`, and `Drop`. The ring is model-checked with loom in `tests/loom/`
+//! and stress-tested in this module's tests.
 //!
 //! # Writers
 //!
@@ -71,16 +74,16 @@ const NO_WATERMARK: i64 = i64::MIN;
 
 /// One message as a mailbox holds it: its timestamp and its pre-rendered JSON object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+struct Entry {
     /// The position of the push that stored this entry (0 for the first push).
-    pub pos: u64,
+    pos: u64,
     /// Server timestamp, nanoseconds since the epoch; strictly increasing along `pos`.
-    pub created: i64,
+    created: i64,
     /// Bytes of JSON pushed into this mailbox before this entry, so a read can size its answer
     /// from its first and last entry alone.
-    pub offset: u64,
+    offset: u64,
     /// The message rendered as a JSON object, once, when it was sent.
-    pub json: Bytes,
+    json: Bytes,
 }
 
 /// A ring of the newest messages of one user. See the module doc.
@@ -162,9 +165,10 @@ impl Mailbox {
     }
 
     /// Copies the entries created strictly after `cutoff` (all when `None`) into `out`,
-    /// **newest first**, and reports the newest one and whether there is a gap. For tests and
-    /// tools; the poll path uses [`Mailbox::write_after`].
-    pub fn read_after(&self, cutoff: Option<i128>, out: &mut Vec<Entry>) -> ReadOutcome {
+    /// **newest first**, and reports the newest one and whether there is a gap: the plain
+    /// backward scan that tests hold [`Mailbox::read_into`] against.
+    #[cfg(test)]
+    fn read_after(&self, cutoff: Option<i128>, out: &mut Vec<Entry>) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let oldest = head.saturating_sub(self.slots.len() as u64);
@@ -192,15 +196,21 @@ impl Mailbox {
     /// the first and last entry's `offset`; and copies forward. If an entry left during the copy
     /// (a writer lapped the ring), everything copied before it is dropped, so the answer stays
     /// one contiguous run of the newest entries, and the watermark (loaded last) reports the gap.
-    pub fn write_after(&self, cutoff: Option<i128>, out: &mut BytesMut) -> ReadOutcome {
+    pub fn read_into(&self, cutoff: Option<i128>, out: &mut BytesMut) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let oldest = head.saturating_sub(self.slots.len() as u64);
         let wanted = |pos: u64| -> bool {
             self.entry(pos, &guard).is_some_and(|e| cutoff.is_none_or(|c| i128::from(e.created) > c))
         };
-        // Entries not wanted (older than the cutoff, or gone) form a prefix of [oldest, head):
-        // find where it ends. `start` is the oldest position known wanted, `gone` one known not.
+        // Find where the run of wanted entries that ends at the head begins. Timestamps increase
+        // with `pos`, so with no writer active the entries not wanted (older than the cutoff, or
+        // gone) form a prefix of [oldest, head) and this finds its end exactly. A cull or a
+        // lapping writer running meanwhile can clear slots in the middle of the run; the seek
+        // may then stop at any wanted slot, and the copy below — which drops what it copied
+        // before any slot it finds gone — still returns a contiguous run ending at the head,
+        // while the watermark, raised before each slot went, reports the gap. `start` is the
+        // oldest position known wanted, `gone` one known not.
         let mut start = head;
         let mut gone = None;
         let mut step = 1;
@@ -258,21 +268,24 @@ impl Mailbox {
     }
 
     /// The `created` of the newest message held, if any.
-    pub fn newest(&self) -> Option<i64> {
+    #[cfg(test)]
+    fn newest(&self) -> Option<i64> {
         let guard = epoch::pin();
         let pos = self.head.load(Ordering::Acquire).checked_sub(1)?;
         self.entry(pos, &guard).map(|e| e.created)
     }
 
-    /// Number of messages currently held (a snapshot; for metrics and tests).
-    pub fn len(&self) -> usize {
+    /// Number of messages currently held (a snapshot).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         let mut out = Vec::new();
         self.read_after(None, &mut out);
         out.len()
     }
 
     /// Whether the mailbox holds no message.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.newest().is_none()
     }
 }
@@ -405,18 +418,18 @@ mod tests {
         assert_eq!(o, ReadOutcome { newest: None, gap: false });
         assert_eq!(mb.newest(), Some(50));
         let mut buf = BytesMut::new();
-        let o = mb.write_after(Some(29), &mut buf);
+        let o = mb.read_into(Some(29), &mut buf);
         assert_eq!(&buf[..], b"30,40,50");
         assert_eq!(o, ReadOutcome { newest: Some(50), gap: false });
         buf.clear();
-        assert_eq!(mb.write_after(Some(50), &mut buf), ReadOutcome { newest: None, gap: false });
+        assert_eq!(mb.read_into(Some(50), &mut buf), ReadOutcome { newest: None, gap: false });
         assert!(buf.is_empty());
     }
 
     /// The galloping seek agrees with the plain backward scan for every cutoff, on mailboxes
     /// with overwritten and culled entries, for every answer size.
     #[test]
-    fn write_after_agrees_with_a_plain_scan_for_every_cutoff() {
+    fn read_into_agrees_with_a_plain_scan_for_every_cutoff() {
         for (cap, pushes, cull_before) in [(1, 3, 0), (7, 5, 0), (7, 20, 0), (16, 40, 30), (64, 64, 10), (5, 9, 100)] {
             let mb = Mailbox::new(cap);
             for t in 1..=pushes {
@@ -427,7 +440,7 @@ mod tests {
                 for cutoff in [Some(i128::from(c)), None] {
                     let (expected, expected_outcome) = read(&mb, cutoff);
                     let mut buf = BytesMut::new();
-                    let o = mb.write_after(cutoff, &mut buf);
+                    let o = mb.read_into(cutoff, &mut buf);
                     let text = std::str::from_utf8(&buf).unwrap();
                     let got: Vec<i64> = if text.is_empty() {
                         Vec::new()
@@ -515,7 +528,7 @@ mod tests {
                         if r == 2 {
                             // The copying read: a comma-separated run of consecutive messages.
                             let mut buf = BytesMut::new();
-                            let o = mb.write_after(None, &mut buf);
+                            let o = mb.read_into(None, &mut buf);
                             let text = std::str::from_utf8(&buf).unwrap();
                             let ts: Vec<i64> = if text.is_empty() {
                                 Vec::new()

@@ -3,6 +3,7 @@
 use chatbus::config::Config;
 use chatbus::server::Server;
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -29,6 +30,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("chatbus=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())

@@ -29,8 +29,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds per store batch (one transaction).
     pub batch_seconds: Histogram,
-    /// Store writes that failed and were retried.
-    pub store_errors: IntCounter,
+    /// Store calls that failed, by call (`op`: `write`, `cull`, `ping`); each is retried.
+    pub store_errors: IntCounterVec,
     /// Messages culled from the store.
     pub messages_culled: IntCounter,
     /// Sessions closed for idleness.
@@ -78,7 +78,10 @@ impl Metrics {
             HistogramOpts::new("writer_batch_seconds", "Seconds per store transaction")
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 15).unwrap_or_default()),
         ));
-        let store_errors = must(IntCounter::new("store_errors_total", "Failed store writes (retried)"));
+        let store_errors = must(IntCounterVec::new(
+            Opts::new("store_errors_total", "Failed store calls (each retried), by call: write, cull, ping"),
+            &["op"],
+        ));
         let messages_culled = must(IntCounter::new("messages_culled_total", "Messages culled from the store"));
         let sessions_culled = must(IntCounter::new("sessions_culled_total", "Sessions closed for idleness"));
         for c in [

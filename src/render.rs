@@ -4,43 +4,12 @@
 //! written around those pre-rendered bytes ([`PollAnswer`]). Everything else is rare and goes
 //! through `serde_json`.
 
+use crate::clock::Cursor;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use std::io::Write;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-
-/// A timestamp split the way the contract's cursor and `:unix/:nano` paths spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Cursor {
-    /// Seconds since the epoch (may be negative).
-    pub unix: i64,
-    /// Nanoseconds within the second, `0..1_000_000_000`.
-    pub nano: u32,
-}
-
-impl Cursor {
-    /// The cursor of a server timestamp in nanoseconds.
-    pub fn from_ns(ns: i64) -> Self {
-        Self {
-            unix: ns.div_euclid(1_000_000_000),
-            // In 0..1e9 by construction.
-            nano: ns.rem_euclid(1_000_000_000) as u32,
-        }
-    }
-
-    /// Normalises `unix` seconds plus `nano` nanoseconds (any sign or size) as Go's
-    /// `time.Unix(sec, nsec)` does. `None` when the seconds overflow an `i64`.
-    pub fn normalise(unix: i64, nano: i64) -> Option<Self> {
-        let unix = unix.checked_add(nano.div_euclid(1_000_000_000))?;
-        Some(Self { unix, nano: nano.rem_euclid(1_000_000_000) as u32 })
-    }
-
-    /// Nanoseconds since the epoch, widened so that no cursor overflows.
-    pub fn as_ns(self) -> i128 {
-        i128::from(self.unix) * 1_000_000_000 + i128::from(self.nano)
-    }
-}
 
 /// Appends `ns` as Go's `RFC3339Nano` writes it: UTC, `Z`, fraction with trailing zeros trimmed.
 pub fn write_timestamp(out: &mut Vec<u8>, ns: i64) {
@@ -150,7 +119,7 @@ impl PollAnswer {
         Self { buf }
     }
 
-    /// Where the comma-separated messages go (see `Mailbox::write_after`).
+    /// Where the comma-separated messages go (see `Mailbox::read_into`).
     pub fn messages(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
@@ -211,16 +180,6 @@ mod tests {
         assert_eq!(timestamp(1_471_756_932_500_000_000), "2016-08-21T05:22:12.5Z");
         assert_eq!(timestamp(1_471_756_932_000_000_100), "2016-08-21T05:22:12.0000001Z");
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
-    }
-
-    #[test]
-    fn cursor_normalises_like_go() {
-        assert_eq!(Cursor::normalise(10, 1_500_000_000), Some(Cursor { unix: 11, nano: 500_000_000 }));
-        assert_eq!(Cursor::normalise(10, -1), Some(Cursor { unix: 9, nano: 999_999_999 }));
-        assert_eq!(Cursor::normalise(-1, 0), Some(Cursor { unix: -1, nano: 0 }));
-        assert_eq!(Cursor::normalise(i64::MAX, 1_000_000_000), None);
-        assert_eq!(Cursor::normalise(i64::MIN, -1), None);
-        assert_eq!(Cursor::from_ns(1_471_756_932_632_474_775), Cursor { unix: 1_471_756_932, nano: 632_474_775 });
     }
 
     #[test]

@@ -1,37 +1,31 @@
-//! Starting and stopping a server: store → restore → writer → listener, and back down.
+//! Starting and stopping a server: store → restore → writer → culler → listener, and back down.
 //!
-//! [`Server::start`] opens the store, restores the engine from it and culls what expired while
-//! the server was down — all before it binds the listener, so the first client already sees the
-//! restored state. Each accepted connection is served by hyper's HTTP/1.1 connection (keep-alive,
-//! `TCP_NODELAY`) on the tokio runtime, watched by a per-connection idle timer (`watch_idle`).
+//! [`Server::start`] binds the listener first (a bad address fails before any work; clients that
+//! connect meanwhile wait in the backlog), opens the store, restores the engine from it and culls
+//! what expired while the server was down — all before the first connection is accepted, so the
+//! first client already sees the restored state. It then starts the writer thread, the culler
+//! thread and the [`listener`](crate::listener).
 //!
-//! [`Server::shutdown`] (what SIGINT/SIGTERM trigger in the binary) stops accepting, lets hyper
-//! finish requests in flight and close idle connections, stops the culler, queues the sessions'
-//! last activity, and stops the writer, which commits everything queued before it exits.
+//! [`Server::shutdown`] (what SIGINT/SIGTERM trigger in the binary) goes back down in order:
+//! 1. the listener stops accepting and lets requests in flight finish;
+//! 2. the culler stops, so nothing new is expired;
+//! 3. the sessions' last activity is queued;
+//! 4. the writer commits everything queued, then stops.
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::cull::Culler;
 use crate::engine::{Engine, EngineConfig};
-use crate::http::{router::ROUTE_NAMES, Api};
+use crate::http::{router, Api};
+use crate::listener::{self, Listening};
 use crate::metrics::Metrics;
 use crate::store::{self, StoreOptions};
 use crate::writer::Writer;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// How long a graceful stop waits for requests in flight.
-pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +33,7 @@ pub enum StartError {
     /// The store could not be opened, migrated or read.
     #[error("cannot open store {url}: {source}")]
     Store {
-        /// The `--database-url`.
+        /// The `--database-url`, password hidden.
         url: String,
         /// What the store said.
         source: store::StoreError,
@@ -57,13 +51,15 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-/// A running server.
+/// A running server: its listener task and the threads behind the engine.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    listening: JoinHandle<()>,
     engine: Arc<Engine>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    culler: Culler,
+    writer: Writer,
 }
 
 fn hide_password(url: &str) -> String {
@@ -79,8 +75,6 @@ fn hide_password(url: &str) -> String {
 impl Server {
     /// Opens the store, restores state, and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        // Bind first: a bad address fails before any work, and clients that connect while the
-        // store is restored wait in the backlog (nothing is accepted until the state is whole).
         let addr = config.listen_addr();
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
@@ -98,7 +92,7 @@ impl Server {
             opened.map_err(|source| StartError::Store { url: hide_password(&config.database_url), source })?;
         let kind = store.kind();
 
-        let metrics = Arc::new(Metrics::new(ROUTE_NAMES));
+        let metrics = Arc::new(Metrics::new(&router::metric_labels()));
         let writer = Writer::start(store, config.max_pending, metrics.clone()).map_err(StartError::Thread)?;
         let engine = Arc::new(Engine::new(
             EngineConfig {
@@ -117,10 +111,14 @@ impl Server {
         tracing::info!(store = kind, users = restored.0, sessions = restored.1, messages = restored.2, "restored");
 
         let culler = Culler::start(engine.clone()).map_err(StartError::Thread)?;
-        let api = Arc::new(Api::new(engine.clone(), metrics));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, api, stopped, engine.clone(), culler, writer, config.idle_timeout));
-        Ok(Self { addr: local, engine, stop: Some(stop), task })
+        let listening = tokio::spawn(listener::serve(Listening {
+            listener,
+            api: Arc::new(Api::new(engine.clone(), metrics)),
+            stop: stopped,
+            idle_timeout: config.idle_timeout,
+        }));
+        Ok(Self { addr: local, stop, listening, engine, culler, writer })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -128,123 +126,23 @@ impl Server {
         self.addr
     }
 
-    /// The engine (for tests and tools in the same process).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
-    /// Stops gracefully: see the module doc. Returns once everything is in the store.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    /// Stops gracefully, in the order of the module doc. Returns once everything acknowledged is
+    /// in the store.
+    pub async fn shutdown(self) {
+        let Self { stop, listening, engine, culler, writer, .. } = self;
+        let _ = stop.send(());
+        if let Err(e) = listening.await {
+            tracing::error!(error = %e, "the listener task failed");
         }
-        if let Err(e) = (&mut self.task).await {
-            tracing::error!(error = %e, "server task failed");
-        }
-    }
-}
-
-/// Requests a connection has handed to the API, and finished.
-#[derive(Debug, Default)]
-struct Progress {
-    started: AtomicU64,
-    finished: AtomicU64,
-}
-
-/// Serves a connection, closing it when a whole `idle_timeout` passes in which it started no
-/// request and has none in flight: a slow client that never finishes its headers, or an idle
-/// keep-alive connection, goes after between one and two periods. Costs two relaxed atomic adds
-/// per request and one timer per period.
-async fn watch_idle<C, E>(conn: C, progress: Arc<Progress>, idle_timeout: Duration)
-where
-    C: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    tokio::pin!(conn);
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            biased;
-            done = &mut conn => {
-                if let Err(e) = done {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = tokio::time::sleep(idle_timeout) => {
-                let started = progress.started.load(Ordering::Relaxed);
-                let in_flight = started != progress.finished.load(Ordering::Relaxed);
-                if started == seen && !in_flight {
-                    tracing::debug!(?idle_timeout, "closing a connection that started no request");
-                    return; // dropping the connection closes it
-                }
-                seen = started;
-            }
+        let stopped = tokio::task::spawn_blocking(move || {
+            culler.stop();
+            engine.flush_activity();
+            writer.stop();
+        })
+        .await;
+        match stopped {
+            Ok(()) => tracing::info!("stopped; everything acknowledged is in the store"),
+            Err(e) => tracing::error!(error = %e, "stopping the writer failed"),
         }
     }
-}
-
-async fn serve(
-    listener: TcpListener,
-    api: Arc<Api>,
-    mut stopped: oneshot::Receiver<()>,
-    engine: Arc<Engine>,
-    culler: Culler,
-    writer: Writer,
-    idle_timeout: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    // No hyper header-read timer: hyper drops and re-creates it for every request (two timer-wheel
-    // operations and an allocation per request, ~7 % of an empty poll's CPU). `watch_idle` below
-    // bounds slow and idle clients with one timer per connection per period instead.
-    builder.keep_alive(true);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let api = api.clone();
-        let progress = Arc::new(Progress::default());
-        let svc = {
-            let progress = progress.clone();
-            service_fn(move |req| {
-                let api = api.clone();
-                let progress = progress.clone();
-                progress.started.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let res = api.handle(req).await;
-                    progress.finished.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(res)
-                }
-            })
-        };
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(watch_idle(conn, progress, idle_timeout));
-    }
-    drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still in flight after the grace period; stopping anyway");
-    }
-    let done = tokio::task::spawn_blocking(move || {
-        culler.stop();
-        engine.flush_activity();
-        writer.stop();
-    })
-    .await;
-    if done.is_err() {
-        tracing::error!("stopping the writer failed");
-    }
-    tracing::info!("stopped; everything acknowledged is in the store");
 }

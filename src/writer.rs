@@ -20,7 +20,8 @@
 use crate::metrics::Metrics;
 use crate::store::{Op, Store};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use prometheus::IntGauge;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,8 +47,10 @@ enum Command {
 }
 
 struct Shared {
-    pending: AtomicUsize,
-    max_pending: usize,
+    /// Commands queued and not yet done: the `writer_queue_depth` gauge itself, so the metric is
+    /// exact at every moment and kept in this one place.
+    pending: IntGauge,
+    max_pending: i64,
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -67,10 +70,10 @@ impl std::fmt::Debug for WriterHandle {
 
 impl WriterHandle {
     fn queue(&self, cmd: Command) {
-        self.shared.pending.fetch_add(1, Ordering::Relaxed);
+        self.shared.pending.inc();
         if self.tx.send(cmd).is_err() {
             // Only after Writer::stop; nothing can be written any more.
-            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+            self.shared.pending.dec();
             tracing::error!("write queued after the writer stopped; dropped");
         }
     }
@@ -94,12 +97,12 @@ impl WriterHandle {
 
     /// Writes queued and not yet committed.
     pub fn pending(&self) -> usize {
-        self.shared.pending.load(Ordering::Relaxed)
+        usize::try_from(self.shared.pending.get()).unwrap_or(0)
     }
 
     /// Whether the queue has reached `--max-pending` (sends answer 503).
     pub fn is_full(&self) -> bool {
-        self.pending() >= self.shared.max_pending
+        self.shared.pending.get() >= self.shared.max_pending
     }
 
     /// Whether the last store write succeeded.
@@ -109,6 +112,7 @@ impl WriterHandle {
 }
 
 /// The writer thread; see the module doc.
+#[derive(Debug)]
 pub struct Writer {
     handle: WriterHandle,
     thread: Option<JoinHandle<()>>,
@@ -119,8 +123,8 @@ impl Writer {
     pub fn start(store: Box<dyn Store>, max_pending: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
-            pending: AtomicUsize::new(0),
-            max_pending: max_pending.max(1),
+            pending: metrics.queue_depth.clone(),
+            max_pending: i64::try_from(max_pending.max(1)).unwrap_or(i64::MAX),
             healthy: AtomicBool::new(true),
             metrics,
         });
@@ -204,11 +208,10 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
             last_contact = Instant::now();
         } else if last_contact.elapsed() >= HEALTH_CHECK && cull_before.is_none() {
             // Idle: make sure /readyz still tells the truth about the store.
-            set_health(shared, store.ping().map_err(|e| e.to_string()));
+            set_health(shared, StoreCall::Ping, store.ping().map_err(|e| e.to_string()));
             last_contact = Instant::now();
         }
-        shared.pending.fetch_sub(taken, Ordering::Relaxed);
-        shared.metrics.queue_depth.set(i64::try_from(shared.pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        shared.pending.sub(i64::try_from(taken).unwrap_or(i64::MAX));
         if let Some(before) = cull_before.filter(|_| !stopping) {
             let culled = store.cull_messages(before, CULL_STEP);
             last_contact = Instant::now();
@@ -219,12 +222,12 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
                     if n < CULL_STEP {
                         cull_before = None;
                     }
-                    set_health(shared, Ok(()));
+                    set_health(shared, StoreCall::Cull, Ok(()));
                 }
                 Err(e) => {
                     // Retried after new work arrives or the backoff passes, whichever is first.
                     cull_backoff = (cull_backoff * 2).clamp(Duration::from_millis(20), Duration::from_secs(2));
-                    set_health(shared, Err(format!("culling expired messages: {e}")));
+                    set_health(shared, StoreCall::Cull, Err(format!("culling expired messages: {e}")));
                 }
             }
         }
@@ -232,8 +235,26 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) {
     tracing::debug!("writer stopped");
 }
 
+/// Which store call an outcome is about (the `op` label of `store_errors_total`).
+#[derive(Debug, Clone, Copy)]
+enum StoreCall {
+    Write,
+    Cull,
+    Ping,
+}
+
+impl StoreCall {
+    fn label(self) -> &'static str {
+        match self {
+            StoreCall::Write => "write",
+            StoreCall::Cull => "cull",
+            StoreCall::Ping => "ping",
+        }
+    }
+}
+
 /// Records whether the store answered, logging only the transitions.
-fn set_health(shared: &Shared, result: Result<(), String>) {
+fn set_health(shared: &Shared, call: StoreCall, result: Result<(), String>) {
     match result {
         Ok(()) => {
             if !shared.healthy.swap(true, Ordering::Relaxed) {
@@ -241,7 +262,7 @@ fn set_health(shared: &Shared, result: Result<(), String>) {
             }
         }
         Err(e) => {
-            shared.metrics.store_errors.inc();
+            shared.metrics.store_errors.with_label_values(&[call.label()]).inc();
             if shared.healthy.swap(false, Ordering::Relaxed) {
                 tracing::error!(error = %e, "the store is unreachable; retrying with backoff");
             }
@@ -261,11 +282,11 @@ fn commit(store: &mut dyn Store, ops: &mut Vec<Op>, acks: &mut Vec<oneshot::Send
             Ok(()) => {
                 shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
                 shared.metrics.batch_size.observe(ops.len() as f64);
-                set_health(shared, Ok(()));
+                set_health(shared, StoreCall::Write, Ok(()));
                 break;
             }
             Err(e) => {
-                shared.metrics.store_errors.inc();
+                shared.metrics.store_errors.with_label_values(&[StoreCall::Write.label()]).inc();
                 if shared.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %e, ops = ops.len(), "store write failed; retrying with backoff");
                 }

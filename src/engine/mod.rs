@@ -7,6 +7,16 @@
 //! shard lookup (a read lock on that shard's session map) followed by a lock-free mailbox read.
 //! Mutations are handed to the [`Writer`](crate::writer) as [`Op`]s, in the order they happen.
 //!
+//! # Durability is the engine's
+//!
+//! Every mutation is an `async fn` that returns only when its change may be acknowledged: users,
+//! sessions and contacts once the store committed them; messages once they are in memory (or, with
+//! `--durable-acks`, committed). It makes its change under its locks, queues the op, drops the
+//! locks, and only then awaits the commit — so no lock is ever held across an await, and a caller
+//! never sees an ack or a writer. While the store is known to be unreachable, a change that must be
+//! durable is refused at once ([`EngineError::StoreUnreachable`]) rather than left waiting for the
+//! outage; [`Engine::readiness`] says the same to `/readyz`.
+//!
 //! # The ordering invariant
 //!
 //! **Every mailbox holds its messages in strictly increasing `created` order, and `created` is
@@ -34,15 +44,21 @@
 //! rare, acknowledged only once durable (so they wait on the store anyway), and serialising them
 //! keeps their op order consistent with foreign keys (a session op never reaches the store before
 //! its user's). Sends and polls never take it.
+//!
+//! # Files
+//!
+//! [`types`](self) holds the records and ids, `restore` the start-up load, `cull` the expiry of
+//! idle sessions and old messages.
 
+mod cull;
 mod restore;
 mod types;
 
-pub use types::{ContactView, Session, SessionView, User, UserView};
+pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Cursor};
 use crate::metrics::Metrics;
-use crate::render::{self, Cursor};
+use crate::render;
 use crate::store::{MessageRow, Op, SessionRow, UserRow};
 use crate::writer::{Ack, WriterHandle};
 use bytes::{Bytes, BytesMut};
@@ -71,10 +87,10 @@ pub struct EngineConfig {
 /// What went wrong, in the engine's terms; [`crate::http`] maps these to the envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// The session in the path does not exist (or has expired).
+    /// The session does not exist (never did, was closed, or expired).
     #[error("session_id: no such session")]
     NoSuchSession,
-    /// The user in the path does not exist.
+    /// The user in the path does not exist; names the path's field.
     #[error("{0}: no such user")]
     NoSuchUser(&'static str),
     /// The message's receiver does not exist.
@@ -86,15 +102,27 @@ pub enum EngineError {
     /// The write queue is at `--max-pending`.
     #[error("the write queue is full (--max-pending); retry shortly")]
     QueueFull,
-    /// The store is unreachable, so a write that must be durable cannot be acknowledged.
+    /// The store is known to be unreachable, so a change that must be durable was refused before
+    /// anything changed.
     #[error("the store is unreachable; nothing was changed, try again shortly")]
-    StoreDown,
-    /// The writer stopped before confirming the write.
+    StoreUnreachable,
+    /// The writer stopped (the server is shutting down) before confirming the write.
     #[error("the store is unavailable; the write was not confirmed")]
-    StoreUnavailable,
+    WriteUnconfirmed,
 }
 
-/// The answer to a poll, besides the entries.
+/// Why the server is not ready for traffic (`/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The last store write or ping failed.
+    #[error("not ready: the store is unreachable")]
+    StoreUnreachable,
+    /// The write queue is at `--max-pending`.
+    #[error("not ready: the write queue is at --max-pending")]
+    QueueFull,
+}
+
+/// The answer to a poll, besides the messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Polled {
     /// Where to poll from next.
@@ -103,22 +131,11 @@ pub struct Polled {
     pub gap: bool,
 }
 
-/// A sent message: its JSON, and the ack to await under `--durable-acks`.
-#[derive(Debug)]
-pub struct Sent {
-    /// The message as rendered into the mailboxes.
-    pub json: Bytes,
-    /// The message's server timestamp.
-    pub created: i64,
-    /// `Some` under `--durable-acks`.
-    pub ack: Option<Ack>,
-}
-
 /// One shard: the users and sessions that hash to it.
 #[derive(Debug, Default)]
 pub struct Shard {
     users: RwLock<FxHashMap<i64, Arc<User>>>,
-    sessions: RwLock<FxHashMap<u128, Arc<Session>>>,
+    sessions: RwLock<FxHashMap<SessionId, Arc<Session>>>,
 }
 
 /// The whole in-memory state. See the module doc.
@@ -139,8 +156,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn ttl_ns(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+/// Waits for the commit of a durable op.
+async fn committed(ack: Ack) -> Result<(), EngineError> {
+    ack.await.map_err(|_| EngineError::WriteUnconfirmed)
 }
 
 impl Engine {
@@ -164,39 +182,37 @@ impl Engine {
         &self.config
     }
 
-    /// The writer this engine queues its ops on.
-    pub fn writer(&self) -> &WriterHandle {
-        &self.writer
+    /// Whether the server can take traffic: the store answers and the write queue has room.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if !self.writer.is_healthy() {
+            Err(NotReady::StoreUnreachable)
+        } else if self.writer.is_full() {
+            Err(NotReady::QueueFull)
+        } else {
+            Ok(())
+        }
     }
 
     fn user_shard(&self, id: i64) -> &Shard {
         &self.shards[(id.unsigned_abs() % self.shards.len() as u64) as usize]
     }
 
-    fn session_shard(&self, uuid: u128) -> &Shard {
+    fn session_shard(&self, uuid: SessionId) -> &Shard {
         // Session uuids are random: any 64 bits of them spread evenly.
-        &self.shards[((uuid as u64) % self.shards.len() as u64) as usize]
+        &self.shards[((uuid.0 as u64) % self.shards.len() as u64) as usize]
     }
 
     fn user_arc(&self, id: i64) -> Option<Arc<User>> {
         self.user_shard(id).users.read().get(&id).cloned()
     }
 
-    fn session_arc(&self, uuid: u128) -> Option<Arc<Session>> {
-        self.session_shard(uuid).sessions.read().get(&uuid).cloned()
-    }
-
     /// A live session.
-    pub fn session(&self, uuid: u128) -> Result<Arc<Session>, EngineError> {
-        self.session_arc(uuid).ok_or(EngineError::NoSuchSession)
+    pub fn session(&self, uuid: SessionId) -> Result<Arc<Session>, EngineError> {
+        self.session_shard(uuid).sessions.read().get(&uuid).cloned().ok_or(EngineError::NoSuchSession)
     }
 
     fn is_live(&self, session: &Session) -> bool {
         self.session_shard(session.uuid).sessions.read().contains_key(&session.uuid)
-    }
-
-    fn durable(&self, op: Op) -> Ack {
-        self.writer.submit_durable(op)
     }
 
     /// Refuses a change that must be durable before it is answered while the store is known to
@@ -205,40 +221,44 @@ impl Engine {
         if self.writer.is_healthy() {
             Ok(())
         } else {
-            Err(EngineError::StoreDown)
+            Err(EngineError::StoreUnreachable)
         }
     }
 
     // ---- users -------------------------------------------------------------------------------
 
-    /// Creates a user, or returns the existing one with that `uuid` unchanged (and no ack).
-    pub fn create_user(&self, uuid: &str, display_name: &str) -> Result<(UserView, Option<Ack>), EngineError> {
-        let _admin = self.admin.lock();
-        if let Some(u) = self.by_uuid.get(uuid) {
-            return Ok((u.view(), None));
-        }
-        self.require_store()?;
-        let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
-        let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), self.config.mailbox_capacity));
-        let ack = self.durable(Op::UpsertUser(UserRow {
-            id,
-            uuid: uuid.to_owned(),
-            display_name: display_name.to_owned(),
-            left_ns: None,
-        }));
-        self.user_shard(id).users.write().insert(id, user.clone());
-        self.by_uuid.insert(uuid.to_owned(), user.clone());
-        Ok((user.view(), Some(ack)))
+    /// Creates a user, or returns the existing one with that `uuid` unchanged.
+    pub async fn create_user(&self, uuid: &str, display_name: &str) -> Result<UserView, EngineError> {
+        let (view, ack) = {
+            let _admin = self.admin.lock();
+            if let Some(u) = self.by_uuid.get(uuid) {
+                return Ok(u.view());
+            }
+            self.require_store()?;
+            let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
+            let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), self.config.mailbox_capacity));
+            let ack = self.writer.submit_durable(Op::UpsertUser(UserRow {
+                id,
+                uuid: uuid.to_owned(),
+                display_name: display_name.to_owned(),
+                left_ns: None,
+            }));
+            self.user_shard(id).users.write().insert(id, user.clone());
+            self.by_uuid.insert(uuid.to_owned(), user.clone());
+            (user.view(), ack)
+        };
+        committed(ack).await?;
+        Ok(view)
     }
 
     /// One user by id.
-    pub fn user(&self, id: i64) -> Option<UserView> {
-        self.user_arc(id).map(|u| u.view())
+    pub fn user(&self, id: i64) -> Result<UserView, EngineError> {
+        self.user_arc(id).map(|u| u.view()).ok_or(EngineError::NoSuchUser("user_id"))
     }
 
     /// One user by external id.
-    pub fn user_by_uuid(&self, uuid: &str) -> Option<UserView> {
-        self.by_uuid.get(uuid).map(|u| u.view())
+    pub fn user_by_uuid(&self, uuid: &str) -> Result<UserView, EngineError> {
+        self.by_uuid.get(uuid).map(|u| u.view()).ok_or(EngineError::NoSuchUser("uuid"))
     }
 
     /// All users, by id.
@@ -250,52 +270,68 @@ impl Engine {
     }
 
     /// Sets a user's display name.
-    pub fn update_user(&self, id: i64, display_name: &str) -> Result<(UserView, Ack), EngineError> {
-        let _admin = self.admin.lock();
-        let user = self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        self.require_store()?;
-        user.set_display_name(display_name.into());
-        let ack = self.durable(Op::UpsertUser(UserRow {
-            id,
-            uuid: user.uuid.clone(),
-            display_name: display_name.to_owned(),
-            left_ns: user.mailbox.watermark(),
-        }));
-        Ok((user.view(), ack))
+    pub async fn update_user(&self, id: i64, display_name: &str) -> Result<UserView, EngineError> {
+        let (view, ack) = {
+            let _admin = self.admin.lock();
+            let user = self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            self.require_store()?;
+            user.set_display_name(display_name.into());
+            let ack = self.writer.submit_durable(Op::UpsertUser(UserRow {
+                id,
+                uuid: user.uuid.clone(),
+                display_name: display_name.to_owned(),
+                left_ns: user.mailbox.watermark(),
+            }));
+            (user.view(), ack)
+        };
+        committed(ack).await?;
+        Ok(view)
     }
 
     /// Deletes a user with their sessions, contacts and mailbox.
-    pub fn delete_user(&self, id: i64) -> Result<Ack, EngineError> {
-        let _admin = self.admin.lock();
-        self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        self.require_store()?;
-        let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        self.by_uuid.remove(&user.uuid);
-        for uuid in user.take_sessions() {
-            self.session_shard(uuid).sessions.write().remove(&uuid);
-        }
-        for other in user.take_contacts() {
-            if let Some(o) = self.user_arc(other) {
-                o.remove_contact(id);
+    pub async fn delete_user(&self, id: i64) -> Result<(), EngineError> {
+        let ack = {
+            let _admin = self.admin.lock();
+            self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            self.require_store()?;
+            let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            self.by_uuid.remove(&user.uuid);
+            for uuid in user.take_sessions() {
+                self.session_shard(uuid).sessions.write().remove(&uuid);
             }
-        }
-        Ok(self.durable(Op::DeleteUser { id }))
+            for other in user.take_contacts() {
+                if let Some(o) = self.user_arc(other) {
+                    o.remove_contact(id);
+                }
+            }
+            self.writer.submit_durable(Op::DeleteUser { id })
+        };
+        committed(ack).await
     }
 
     // ---- sessions ----------------------------------------------------------------------------
 
     /// Opens a session for a user.
-    pub fn open_session(&self, user_id: i64) -> Result<(SessionView, Ack), EngineError> {
-        let _admin = self.admin.lock();
-        let user = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        self.require_store()?;
-        let uuid: u128 = rand::random();
-        let now = self.clock.next();
-        let session = Arc::new(Session::new(uuid, user.clone(), now, now));
-        let ack = self.durable(Op::InsertSession(SessionRow { uuid, user_id, created_ns: now, last_active_ns: now }));
-        user.add_session(uuid);
-        self.session_shard(uuid).sessions.write().insert(uuid, session.clone());
-        Ok((session.view(), ack))
+    pub async fn open_session(&self, user_id: i64) -> Result<SessionView, EngineError> {
+        let (view, ack) = {
+            let _admin = self.admin.lock();
+            let user = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            self.require_store()?;
+            let uuid = SessionId::random();
+            let now = self.clock.next();
+            let session = Arc::new(Session::new(uuid, user.clone(), now, now));
+            let ack = self.writer.submit_durable(Op::InsertSession(SessionRow {
+                uuid: uuid.0,
+                user_id,
+                created_ns: now,
+                last_active_ns: now,
+            }));
+            user.add_session(uuid);
+            self.session_shard(uuid).sessions.write().insert(uuid, session.clone());
+            (session.view(), ack)
+        };
+        committed(ack).await?;
+        Ok(view)
     }
 
     /// All live sessions, oldest first.
@@ -307,13 +343,16 @@ impl Engine {
     }
 
     /// Closes a session.
-    pub fn close_session(&self, uuid: u128) -> Result<Ack, EngineError> {
-        let _admin = self.admin.lock();
-        self.session_arc(uuid).ok_or(EngineError::NoSuchSession)?;
-        self.require_store()?;
-        let session = self.session_shard(uuid).sessions.write().remove(&uuid).ok_or(EngineError::NoSuchSession)?;
-        session.user.remove_session(uuid);
-        Ok(self.durable(Op::DeleteSession { uuid }))
+    pub async fn close_session(&self, uuid: SessionId) -> Result<(), EngineError> {
+        let ack = {
+            let _admin = self.admin.lock();
+            self.session(uuid)?;
+            self.require_store()?;
+            let session = self.session_shard(uuid).sessions.write().remove(&uuid).ok_or(EngineError::NoSuchSession)?;
+            session.user.remove_session(uuid);
+            self.writer.submit_durable(Op::DeleteSession { uuid: uuid.0 })
+        };
+        committed(ack).await
     }
 
     // ---- contacts ----------------------------------------------------------------------------
@@ -330,63 +369,71 @@ impl Engine {
     }
 
     /// Makes the session's user and `user_id` contacts of each other (idempotent).
-    pub fn add_contact(&self, session: &Session, user_id: i64) -> Result<Option<Ack>, EngineError> {
-        let _admin = self.admin.lock();
-        if !self.is_live(session) {
-            return Err(EngineError::NoSuchSession);
-        }
-        let other = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        let me = &session.user;
-        if me.id == other.id {
-            return Err(EngineError::SelfContact);
-        }
-        if me.has_contact(other.id) {
-            return Ok(None);
-        }
-        self.require_store()?;
-        me.add_contact(other.id);
-        other.add_contact(me.id);
-        Ok(Some(self.durable(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) })))
+    pub async fn add_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
+        let ack = {
+            let _admin = self.admin.lock();
+            let (me, other) = self.contact_pair(session, user_id)?;
+            if me.id == other.id {
+                return Err(EngineError::SelfContact);
+            }
+            if me.has_contact(other.id) {
+                return Ok(());
+            }
+            self.require_store()?;
+            me.add_contact(other.id);
+            other.add_contact(me.id);
+            self.writer.submit_durable(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) })
+        };
+        committed(ack).await
     }
 
     /// Removes the contact pair both ways (idempotent).
-    pub fn remove_contact(&self, session: &Session, user_id: i64) -> Result<Option<Ack>, EngineError> {
-        let _admin = self.admin.lock();
+    pub async fn remove_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
+        let ack = {
+            let _admin = self.admin.lock();
+            let (me, other) = self.contact_pair(session, user_id)?;
+            if !me.has_contact(other.id) {
+                return Ok(());
+            }
+            self.require_store()?;
+            me.remove_contact(other.id);
+            other.remove_contact(me.id);
+            self.writer.submit_durable(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) })
+        };
+        committed(ack).await
+    }
+
+    /// The session's user and the user `user_id`, both still there (under the admin lock).
+    fn contact_pair<'s>(&self, session: &'s Session, user_id: i64) -> Result<(&'s Arc<User>, Arc<User>), EngineError> {
         if !self.is_live(session) {
             return Err(EngineError::NoSuchSession);
         }
         let other = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        let me = &session.user;
-        if !me.has_contact(other.id) {
-            return Ok(None);
-        }
-        self.require_store()?;
-        me.remove_contact(other.id);
-        other.remove_contact(me.id);
-        Ok(Some(self.durable(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) })))
+        Ok((&session.user, other))
     }
 
     // ---- messages: the hot path ----------------------------------------------------------------
 
     /// Appends the session user's messages created after `cutoff` to `out` (oldest first,
-    /// comma-separated JSON; see [`crate::mailbox::Mailbox::write_after`]) and marks the session
+    /// comma-separated JSON; see [`crate::mailbox::Mailbox::read_into`]) and marks the session
     /// active. Takes no lock: the session was looked up already.
     pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut BytesMut) -> Polled {
         session.touch(Clock::wall_ns());
-        let read = session.user.mailbox.write_after(cutoff.map(Cursor::as_ns), out);
+        let read = session.user.mailbox.read_into(cutoff.map(Cursor::as_ns), out);
         let cursor = read.newest.map(Cursor::from_ns).or(cutoff).unwrap_or(Cursor { unix: 0, nano: 0 });
         Polled { cursor, gap: read.gap }
     }
 
-    /// Sends a message from the session's user. `body` and `attachments` must already be valid
-    /// (see [`crate::http`]); `attachments` is compact JSON text of an object, or `None`.
-    pub fn send(
+    /// Sends a message from the session's user and returns its JSON, once it may be acknowledged.
+    /// `body` and `attachments` must already be valid (see [`crate::http`]); `attachments` is
+    /// compact JSON text of an object, or `None`.
+    pub async fn send(
         &self,
         session: &Session,
         receiver_id: i64,
         body: &str,
         attachments: Option<String>,
-    ) -> Result<Sent, EngineError> {
+    ) -> Result<Bytes, EngineError> {
         let receiver = self.user_arc(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
         if self.writer.is_full() {
             return Err(EngineError::QueueFull);
@@ -415,82 +462,13 @@ impl Engine {
             body: body.to_owned(),
             attachments,
         });
-        let ack = if self.config.durable_acks {
-            Some(self.writer.submit_durable(op))
+        self.metrics.messages_sent.inc();
+        if self.config.durable_acks {
+            committed(self.writer.submit_durable(op)).await?;
         } else {
             self.writer.submit(op);
-            None
-        };
-        self.metrics.messages_sent.inc();
-        Ok(Sent { json, created, ack })
-    }
-
-    // ---- culling and batched activity ----------------------------------------------------------
-
-    /// One culling pass over shard `index` at wall time `now`: closes idle sessions, removes
-    /// expired messages from mailboxes, and (when `flush_activity`) queues the `last_active`
-    /// changes since the last flush as one batched op. Takes each shard's map lock only long
-    /// enough to copy its entries; each mailbox's writer lock only for its own cull.
-    pub fn cull_shard(&self, index: usize, now: i64, flush_activity: bool) {
-        let Some(shard) = self.shards.get(index) else { return };
-        let idle_before = now.saturating_sub(ttl_ns(self.config.session_ttl));
-        let sessions: Vec<Arc<Session>> = shard.sessions.read().values().cloned().collect();
-        let mut touches = Vec::new();
-        for s in sessions {
-            if s.last_active() < idle_before {
-                self.expire_session(&s, idle_before);
-            } else if flush_activity {
-                if let Some(ns) = s.take_unpersisted_activity() {
-                    touches.push((s.uuid, ns));
-                }
-            }
         }
-        if !touches.is_empty() {
-            self.writer.submit(Op::TouchSessions(touches));
-        }
-        let expire_before = now.saturating_sub(ttl_ns(self.config.message_ttl));
-        let users: Vec<Arc<User>> = shard.users.read().values().cloned().collect();
-        for u in users {
-            if let Some(left_ns) = u.mailbox.lock().cull_before(expire_before) {
-                self.writer.submit(Op::Watermark { user_id: u.id, left_ns });
-            }
-        }
-    }
-
-    fn expire_session(&self, s: &Arc<Session>, idle_before: i64) {
-        let _admin = self.admin.lock();
-        // A poll may have touched it since we looked.
-        if s.last_active() >= idle_before {
-            return;
-        }
-        if self.session_shard(s.uuid).sessions.write().remove(&s.uuid).is_some() {
-            s.user.remove_session(s.uuid);
-            self.writer.submit(Op::DeleteSession { uuid: s.uuid });
-            self.metrics.sessions_culled.inc();
-        }
-    }
-
-    /// Queues every `last_active` change not yet written (at graceful stop).
-    pub fn flush_activity(&self) {
-        for shard in self.shards.iter() {
-            let touches: Vec<(u128, i64)> = shard
-                .sessions
-                .read()
-                .values()
-                .filter_map(|s| s.take_unpersisted_activity().map(|ns| (s.uuid, ns)))
-                .collect();
-            if !touches.is_empty() {
-                self.writer.submit(Op::TouchSessions(touches));
-            }
-        }
-    }
-
-    /// One culling pass over every shard, then the store's share of message culling.
-    pub fn cull_all(&self, now: i64, flush_activity: bool) {
-        for i in 0..self.shards.len() {
-            self.cull_shard(i, now, flush_activity);
-        }
-        self.writer.cull(now.saturating_sub(ttl_ns(self.config.message_ttl)));
+        Ok(json)
     }
 }
 

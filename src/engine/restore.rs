@@ -6,7 +6,7 @@
 //! their TTL are pushed too and leave at the first culling pass, which runs before the listener
 //! opens. The clock is moved past every restored timestamp so none is ever handed out again.
 
-use super::{Engine, Session, User};
+use super::{Engine, Session, SessionId, User};
 use crate::render;
 use crate::store::Snapshot;
 use std::sync::atomic::Ordering;
@@ -36,9 +36,10 @@ impl Engine {
         for row in snapshot.sessions {
             let Some(user) = self.user_arc(row.user_id) else { continue };
             self.clock.advance_past(row.created_ns);
-            user.add_session(row.uuid);
-            let session = Arc::new(Session::new(row.uuid, user, row.created_ns, row.last_active_ns));
-            self.session_shard(row.uuid).sessions.write().insert(row.uuid, session);
+            let uuid = SessionId(row.uuid);
+            user.add_session(uuid);
+            let session = Arc::new(Session::new(uuid, user, row.created_ns, row.last_active_ns));
+            self.session_shard(uuid).sessions.write().insert(uuid, session);
         }
         for m in snapshot.messages {
             self.clock.advance_past(m.created_ns);

@@ -1,6 +1,6 @@
 use super::*;
 use crate::store::memory::MemoryStore;
-use crate::store::Snapshot;
+use crate::store::{MessageRow, Op, SessionRow, Snapshot, UserRow};
 use crate::writer::Writer;
 use std::collections::HashMap;
 
@@ -16,6 +16,30 @@ fn engine(capacity: usize, shards: usize) -> (Writer, Arc<Engine>) {
     };
     let e = Arc::new(Engine::new(config, writer.handle(), metrics));
     (writer, e)
+}
+
+/// Runs an engine mutation to completion from a plain thread (the memory store commits at once).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+/// Runs a write-behind send, which must complete without waiting for anything.
+fn at_once<F: std::future::Future>(f: F) -> F::Output {
+    futures_util::FutureExt::now_or_never(f).expect("a write-behind send does not wait")
+}
+
+fn user(e: &Engine, uuid: &str) -> i64 {
+    wait(e.create_user(uuid, "")).unwrap().id
+}
+
+fn session(e: &Engine, user_id: i64) -> Arc<Session> {
+    let view = wait(e.open_session(user_id)).unwrap();
+    e.session(view.uuid.parse().unwrap()).unwrap()
+}
+
+/// The `created_utc` of a sent message's JSON, in ns.
+fn created(json: &[u8]) -> i64 {
+    ns(&serde_json::from_slice(json).unwrap())
 }
 
 /// Polls and returns the messages, oldest first, parsed.
@@ -43,23 +67,21 @@ fn concurrent_senders_exactly_once_with_cursor() {
     const SENDERS: usize = 8;
     const PER_SENDER: usize = 5_000;
     let (_w, e) = engine(2 * PER_SENDER * SENDERS, 4);
-    let receiver = e.create_user("rx", "").unwrap().0.id;
-    let (rx_session, _) = e.open_session(receiver).unwrap();
-    let rx_session = e.session(crate::store::parse_hex(&rx_session.uuid).unwrap()).unwrap();
-    let ids: Vec<i64> = (0..SENDERS).map(|i| e.create_user(&format!("tx{i}"), "").unwrap().0.id).collect();
+    let receiver = user(&e, "rx");
+    let rx_session = session(&e, receiver);
+    let ids: Vec<i64> = (0..SENDERS).map(|i| user(&e, &format!("tx{i}"))).collect();
     let senders: Vec<_> = (0..SENDERS)
         .map(|i| {
             let e = e.clone();
             let id = ids[i];
-            let (s, _) = e.open_session(id).unwrap();
-            let s = e.session(crate::store::parse_hex(&s.uuid).unwrap()).unwrap();
+            let s = session(&e, id);
             std::thread::spawn(move || {
                 for n in 0..PER_SENDER {
-                    e.send(&s, receiver, &format!("{i}:{n}"), None).unwrap();
+                    at_once(e.send(&s, receiver, &format!("{i}:{n}"), None)).unwrap();
                     // Also write to another sender, so mailbox pairs cross shards and lock orders.
                     if n % 10 == 0 {
                         let other = 2 + (id + 1 - 2) % SENDERS as i64;
-                        e.send(&s, other, "side", None).unwrap();
+                        at_once(e.send(&s, other, "side", None)).unwrap();
                     }
                 }
             })
@@ -117,7 +139,7 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
     e.restore(snap);
     assert_eq!(e.users().len(), 2);
     assert_eq!(e.user(1).unwrap().display_name, "A");
-    let s = e.session(77).unwrap();
+    let s = e.session(SessionId(77)).unwrap();
     assert_eq!(s.created, now - 50);
     assert_eq!(s.last_active(), now - 10);
     assert_eq!(e.contacts(&s).len(), 1);
@@ -128,9 +150,9 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
     let (_, p) = poll(&e, &s, Some(Cursor::from_ns(now + 1)));
     assert!(!p.gap, "a client that saw m1 missed nothing");
     // The next user id and timestamps continue after the restored ones.
-    assert_eq!(e.create_user("c", "").unwrap().0.id, 6);
-    let sent = e.send(&s, 5, "new", None).unwrap();
-    assert!(sent.created > now + 4);
+    assert_eq!(user(&e, "c"), 6);
+    let sent = at_once(e.send(&s, 5, "new", None)).unwrap();
+    assert!(created(&sent) > now + 4);
     // User 5's watermark: the stored one (now - 1000) is older than what capacity pushed out
     // on replay (m1), and the send above pushed out m2.
     let b = e.user_arc(5).unwrap();
@@ -140,21 +162,20 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
 #[test]
 fn culling_expires_sessions_and_messages_per_shard() {
     let (_w, e) = engine(16, 3);
-    let a = e.create_user("a", "").unwrap().0.id;
-    let (sv, _) = e.open_session(a).unwrap();
-    let s = e.session(crate::store::parse_hex(&sv.uuid).unwrap()).unwrap();
-    let sent = e.send(&s, a, "self", None).unwrap();
+    let a = user(&e, "a");
+    let s = session(&e, a);
+    let sent = created(&at_once(e.send(&s, a, "self", None)).unwrap());
     // Not yet expired.
     e.cull_all(Clock::wall_ns(), true);
     assert!(e.session(s.uuid).is_ok());
     // Far in the future: both TTLs have run out.
-    let later = sent.created + Duration::from_secs(301).as_nanos() as i64;
+    let later = sent + Duration::from_secs(301).as_nanos() as i64;
     e.cull_all(later, true);
     assert_eq!(e.session(s.uuid).unwrap_err(), EngineError::NoSuchSession);
-    let user = e.user_arc(a).unwrap();
-    assert!(user.mailbox.is_empty());
-    assert_eq!(user.mailbox.watermark(), Some(sent.created));
-    assert!(!user.is_online());
+    let u = e.user_arc(a).unwrap();
+    assert!(u.mailbox.is_empty());
+    assert_eq!(u.mailbox.watermark(), Some(sent));
+    assert!(!u.is_online());
 }
 
 /// A store whose writes wait while its gate is closed, to hold the write queue full.
@@ -210,26 +231,44 @@ fn send_rejects_when_queue_full_and_unknown_receiver() {
         durable_acks: false,
     };
     let e = Engine::new(config, writer.handle(), metrics);
-    let a = e.create_user("a", "").unwrap().0.id;
-    let (sv, _) = e.open_session(a).unwrap();
-    let s = e.session(crate::store::parse_hex(&sv.uuid).unwrap()).unwrap();
-    assert_eq!(e.send(&s, 999, "x", None).unwrap_err(), EngineError::NoSuchReceiver);
+    let a = user(&e, "a");
+    let s = session(&e, a);
+    assert_eq!(at_once(e.send(&s, 999, "x", None)).unwrap_err(), EngineError::NoSuchReceiver);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while e.writer().pending() > 0 {
+    while writer.handle().pending() > 0 {
         assert!(std::time::Instant::now() < deadline, "writer never drained");
         std::thread::yield_now();
     }
     // Close the gate: the next two writes stay queued, which is --max-pending=2.
     set_gate(false);
-    e.send(&s, a, "fills the queue", None).unwrap();
-    e.send(&s, a, "fills the queue", None).unwrap();
-    assert_eq!(e.send(&s, a, "one too many", None).unwrap_err(), EngineError::QueueFull);
+    at_once(e.send(&s, a, "fills the queue", None)).unwrap();
+    at_once(e.send(&s, a, "fills the queue", None)).unwrap();
+    assert_eq!(e.readiness(), Err(NotReady::QueueFull), "/readyz tells");
+    assert_eq!(at_once(e.send(&s, a, "one too many", None)).unwrap_err(), EngineError::QueueFull);
     assert_eq!(s.user.mailbox.len(), 2, "a refused send is in no mailbox");
     // The store catches up: sends are accepted again.
     set_gate(true);
-    while e.writer().is_full() {
+    while e.readiness().is_err() {
         assert!(std::time::Instant::now() < deadline, "queue never drained");
         std::thread::yield_now();
     }
-    e.send(&s, a, "accepted again", None).unwrap();
+    at_once(e.send(&s, a, "accepted again", None)).unwrap();
+}
+
+#[test]
+fn session_ids_are_32_lowercase_hex_digits_both_ways() {
+    let id = SessionId(0x0123_4567_89ab_cdef_0000_0000_0000_00ff);
+    assert_eq!(id.to_string(), "0123456789abcdef00000000000000ff");
+    assert_eq!("0123456789abcdef00000000000000ff".parse::<SessionId>(), Ok(id));
+    for bad in [
+        "",
+        "0123456789ABCDEF00000000000000ff",
+        "0123456789abcdef00000000000000f",
+        "+123456789abcdef00000000000000ff",
+        "0123456789abcdef00000000000000fff",
+    ] {
+        assert_eq!(bad.parse::<SessionId>(), Err(EngineError::NoSuchSession), "{bad:?}");
+    }
+    let random = SessionId::random();
+    assert_eq!(random.to_string().parse::<SessionId>(), Ok(random));
 }

@@ -1,12 +1,45 @@
-//! The engine's records ([`User`], [`Session`]) and the views the API renders from them.
+//! The engine's records ([`User`], [`Session`]), their ids, and the views the API renders from them.
 
+use super::EngineError;
 use crate::mailbox::Mailbox;
 use crate::render;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+
+/// A session's id: 128 bits from a cryptographically secure source, written as 32 lowercase hex
+/// digits. Holding it is what authorises a client to act as the session's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    /// A fresh random id (`rand`'s thread-local generator is a CSPRNG).
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = EngineError;
+
+    /// Exactly 32 lowercase hex digits; anything else names no session.
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(EngineError::NoSuchSession);
+        }
+        u128::from_str_radix(s, 16).map(Self).map_err(|_| EngineError::NoSuchSession)
+    }
+}
 
 /// A user and their mailbox.
 #[derive(Debug)]
@@ -19,7 +52,7 @@ pub struct User {
     /// The user's messages (sent and received).
     pub mailbox: Mailbox,
     contacts: Mutex<BTreeSet<i64>>,
-    sessions: Mutex<Vec<u128>>,
+    sessions: Mutex<Vec<SessionId>>,
 }
 
 impl User {
@@ -49,15 +82,15 @@ impl User {
         !self.sessions.lock().is_empty()
     }
 
-    pub(crate) fn add_session(&self, uuid: u128) {
+    pub(crate) fn add_session(&self, uuid: SessionId) {
         self.sessions.lock().push(uuid);
     }
 
-    pub(crate) fn remove_session(&self, uuid: u128) {
+    pub(crate) fn remove_session(&self, uuid: SessionId) {
         self.sessions.lock().retain(|&s| s != uuid);
     }
 
-    pub(crate) fn take_sessions(&self) -> Vec<u128> {
+    pub(crate) fn take_sessions(&self) -> Vec<SessionId> {
         std::mem::take(&mut *self.sessions.lock())
     }
 
@@ -89,8 +122,8 @@ impl User {
 /// A live session.
 #[derive(Debug)]
 pub struct Session {
-    /// 128 random bits.
-    pub uuid: u128,
+    /// Its id.
+    pub uuid: SessionId,
     /// Its user.
     pub user: Arc<User>,
     /// Server timestamp, ns.
@@ -106,7 +139,7 @@ const TOUCH_GRANULARITY_NS: i64 = 1_000_000;
 
 impl Session {
     /// A session as restored or created.
-    pub fn new(uuid: u128, user: Arc<User>, created: i64, last_active: i64) -> Self {
+    pub fn new(uuid: SessionId, user: Arc<User>, created: i64, last_active: i64) -> Self {
         Self {
             uuid,
             user,
@@ -138,7 +171,7 @@ impl Session {
     /// The session as the API shows it.
     pub fn view(&self) -> SessionView {
         SessionView {
-            uuid: crate::store::hex(self.uuid),
+            uuid: self.uuid.to_string(),
             created_utc: render::timestamp(self.created),
             last_active_utc: render::timestamp(self.last_active()),
             user_id: self.user.id,

@@ -1,53 +1,91 @@
 //! [`ApiError`]: every error a client can get, and the one place it becomes an envelope.
+//!
+//! Every status number and every message text an error answer carries is written here (or, for
+//! the engine's errors, in [`EngineError`]'s `Display`), nowhere else.
 
-use crate::engine::EngineError;
+use super::response::{respond, HttpResponse, JSON};
+use crate::engine::{EngineError, NotReady};
+use crate::render;
+use hyper::header::{self, HeaderValue};
+use hyper::StatusCode;
 use std::borrow::Cow;
 
-/// An error answer: status, message, and for 405 the `Allow` header.
+/// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status (and `meta.http_code`).
-    pub status: u16,
-    /// `meta.message`: what was wrong, naming the field where there is one.
-    pub message: Cow<'static, str>,
-    /// `Allow` header value, for 405.
-    pub allow: Option<&'static str>,
+pub enum ApiError {
+    /// No such path.
+    NotFound,
+    /// The path exists, not with this method; carries the `Allow` header's value.
+    MethodNotAllowed(&'static str),
+    /// The request body is over the 64 KiB limit.
+    TooLarge,
+    /// The request body did not arrive in time.
+    BodyTimeout,
+    /// The client's input is wrong; the message names the field.
+    BadRequest(Cow<'static, str>),
+    /// The engine refused.
+    Engine(EngineError),
+    /// `/readyz`: not ready.
+    NotReady(NotReady),
 }
 
 impl ApiError {
-    /// An error with `status` and `message`.
-    pub fn new(status: u16, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, message: message.into(), allow: None }
-    }
-
-    /// 400.
+    /// A 400 naming what was wrong.
     pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(400, message)
+        Self::BadRequest(message.into())
     }
 
-    /// 404 for an unknown path.
-    pub fn not_found() -> Self {
-        Self::new(404, "Not Found.")
+    /// The HTTP status, which is also `meta.http_code`.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Engine(e) => match e {
+                EngineError::NoSuchSession | EngineError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+                EngineError::NoSuchReceiver | EngineError::SelfContact => StatusCode::BAD_REQUEST,
+                EngineError::QueueFull | EngineError::StoreUnreachable | EngineError::WriteUnconfirmed => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
     }
 
-    /// 405 with the methods the path allows.
-    pub fn method_not_allowed(allow: &'static str) -> Self {
-        Self { status: 405, message: Cow::Owned(format!("Method Not Allowed. Allowed: {allow}.")), allow: Some(allow) }
-    }
-
-    /// 413.
-    pub fn too_large() -> Self {
-        Self::new(413, "request body: larger than 64 KiB")
+    /// `meta.message`: what was wrong, naming the field where there is one.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            ApiError::NotFound => Cow::Borrowed("Not Found."),
+            ApiError::MethodNotAllowed(allow) => Cow::Owned(format!("Method Not Allowed. Allowed: {allow}.")),
+            ApiError::TooLarge => Cow::Borrowed("request body: larger than 64 KiB"),
+            ApiError::BodyTimeout => Cow::Borrowed("request body: not received in time"),
+            ApiError::BadRequest(m) => Cow::Borrowed(m),
+            ApiError::Engine(e) => Cow::Owned(e.to_string()),
+            ApiError::NotReady(n) => Cow::Owned(n.to_string()),
+        }
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let status = match e {
-            EngineError::NoSuchSession | EngineError::NoSuchUser(_) => 404,
-            EngineError::NoSuchReceiver | EngineError::SelfContact => 400,
-            EngineError::QueueFull | EngineError::StoreDown | EngineError::StoreUnavailable => 503,
-        };
-        Self::new(status, e.to_string())
+        ApiError::Engine(e)
     }
+}
+
+impl From<NotReady> for ApiError {
+    fn from(n: NotReady) -> Self {
+        ApiError::NotReady(n)
+    }
+}
+
+/// The envelope of an error, with `Allow` on a 405.
+pub fn error_response(e: &ApiError) -> HttpResponse {
+    let status = e.status();
+    let mut res = respond(status, JSON, render::error(status.as_u16(), &e.message()));
+    if let ApiError::MethodNotAllowed(allow) = e {
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    res
 }

@@ -1,7 +1,7 @@
 //! Parsing what clients send: path segments and JSON bodies, each mistake a 400 naming its field.
 
 use super::error::ApiError;
-use crate::render::Cursor;
+use crate::clock::Cursor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -18,11 +18,6 @@ pub const MAX_ATTACHMENTS_BYTES: usize = 16 * 1024;
 /// An integer path segment named `field`.
 pub fn int_segment(seg: &str, field: &'static str) -> Result<i64, ApiError> {
     seg.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{field}: not an integer (or out of range): {seg:?}")))
-}
-
-/// A session id path segment: 32 lowercase hex digits, or no such session.
-pub fn session_segment(seg: &str) -> Result<u128, ApiError> {
-    crate::store::parse_hex(seg).ok_or_else(|| ApiError::new(404, "session_id: no such session"))
 }
 
 /// A percent-decoded path segment (the external user id).
@@ -170,7 +165,7 @@ mod tests {
     use super::*;
 
     fn msg_err(body: &str) -> String {
-        new_message(body.as_bytes()).unwrap_err().message.into_owned()
+        new_message(body.as_bytes()).unwrap_err().message().into_owned()
     }
 
     #[test]
@@ -203,7 +198,7 @@ mod tests {
         assert!(msg_err("[1]").starts_with("request body"));
         assert!(msg_err("{").starts_with("request body"));
         assert!(msg_err("").starts_with("request body"));
-        assert!(new_message(b"{\"receiver_id\": 9, \"body\": \"\xff\"}").unwrap_err().message.contains("UTF-8"));
+        assert!(new_message(b"{\"receiver_id\": 9, \"body\": \"\xff\"}").unwrap_err().message().contains("UTF-8"));
         assert!(msg_err(r#"{"receiver_id": 9, "body": "\ud800"}"#).starts_with("body"), "lone surrogate");
     }
 
@@ -213,7 +208,7 @@ mod tests {
         assert_eq!((&*u.uuid, &*u.display_name), ("alice", "Alice"));
         assert_eq!(new_user(br#"{"uuid": "bob"}"#).unwrap().display_name, "");
         assert_eq!(new_user(br#"{"uuid": "bob", "display_name": null}"#).unwrap().display_name, "");
-        let err = |b: &str| new_user(b.as_bytes()).unwrap_err().message.into_owned();
+        let err = |b: &str| new_user(b.as_bytes()).unwrap_err().message().into_owned();
         assert!(err(r#"{"uuid": ""}"#).starts_with("uuid"));
         assert!(err(r#"{}"#).starts_with("uuid: required"));
         assert!(err(r#"{"uuid": 5}"#).starts_with("uuid: must be a string"));
@@ -221,7 +216,7 @@ mod tests {
         assert!(new_user(format!(r#"{{"uuid": "{}"}}"#, "ü".repeat(64)).as_bytes()).is_ok());
         assert!(err(&format!(r#"{{"uuid": "a", "display_name": "{}"}}"#, "n".repeat(257))).starts_with("display_name"));
         assert!(err(r#"{"uuid": "a", "display_name": 1}"#).starts_with("display_name"));
-        assert!(display_name(br#"{}"#).unwrap_err().message.starts_with("display_name: required"));
+        assert!(display_name(br#"{}"#).unwrap_err().message().starts_with("display_name: required"));
     }
 
     #[test]
@@ -229,8 +224,8 @@ mod tests {
         assert_eq!(cutoff(None, None).unwrap(), None);
         assert_eq!(cutoff(Some("5"), None).unwrap(), Some(Cursor { unix: 5, nano: 0 }));
         assert_eq!(cutoff(Some("-5"), Some("2000000001")).unwrap(), Some(Cursor { unix: -3, nano: 1 }));
-        assert!(cutoff(Some("x"), None).unwrap_err().message.starts_with("unix"));
-        assert!(cutoff(Some("1"), Some("1.5")).unwrap_err().message.starts_with("nano"));
+        assert!(cutoff(Some("x"), None).unwrap_err().message().starts_with("unix"));
+        assert!(cutoff(Some("1"), Some("1.5")).unwrap_err().message().starts_with("nano"));
         assert!(cutoff(Some("99999999999999999999"), None).is_err());
         assert!(cutoff(Some(&i64::MAX.to_string()), Some("1000000000")).is_err());
     }

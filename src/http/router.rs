@@ -1,101 +1,191 @@
-//! The hand-written router: a path becomes a [`Resource`] with its raw segments, then the method
-//! picks the [`Route`]. No allocation, no regex: the hot poll path is a few byte comparisons.
+//! The hand-written router: a method and a path become a [`Route`] carrying its typed segments,
+//! or a [`NotRouted`] (404, 405). No allocation, no regex: the hot poll path is a few byte
+//! comparisons and the integer parses it needs anyway.
+//!
+//! A segment that does not parse is not a routing failure: the contract answers a bad segment
+//! only after the admin token and the body size (see [`crate::http`]), so each segment is kept as
+//! a [`Seg`] — the value or the error it will answer — and the handler applies `?` to the
+//! segments from left to right, interleaved with the lookups they name.
 
+use super::error::ApiError;
+use super::input;
+use crate::clock::Cursor;
+use crate::engine::SessionId;
 use hyper::Method;
+use std::borrow::Cow;
+use strum::{EnumCount, EnumDiscriminants, EnumIter, IntoStaticStr};
 
-/// What a path names, with its (still unparsed, percent-decoded later where needed) segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource<'a> {
-    /// `/`
-    Root,
-    /// `/api/users`
-    Users,
-    /// `/api/user`
-    User,
-    /// `/api/user/:id`
-    UserId(&'a str),
-    /// `/api/user.uuid/:uuid`
-    UserUuid(&'a str),
-    /// `/api/sessions`
-    Sessions,
-    /// `/api/session/:id` (a user id for POST, a session id for DELETE)
-    Session(&'a str),
-    /// `/api/contacts/:session_id`
-    Contacts(&'a str),
-    /// `/api/contact/:session_id/:user_id`
-    Contact(&'a str, &'a str),
-    /// `/api/messages/:session_id[/:unix[/:nano]]`
-    Messages(&'a str, Option<&'a str>, Option<&'a str>),
-    /// `/api/message/:session_id` and `/api/send/:session_id`
-    Send(&'a str),
-    /// `/healthz`
-    Healthz,
-    /// `/readyz`
-    Readyz,
-    /// `/metrics`
-    Metrics,
-}
+/// A parsed path segment, or the error its request will answer.
+pub type Seg<T> = Result<T, ApiError>;
 
-/// A resource and method that chatbus serves. The discriminant indexes [`ROUTE_NAMES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Route {
+/// A route chatbus serves, with its segments. Each variant's name, in snake case, is its label
+/// in `/metrics` ([`RouteName`]).
+#[derive(Debug, EnumDiscriminants)]
+#[strum_discriminants(
+    name(RouteName),
+    derive(IntoStaticStr, EnumIter, EnumCount),
+    strum(serialize_all = "snake_case"),
+    doc = "A route's label in `/metrics`: the variant of [`Route`] without its segments."
+)]
+pub enum Route<'a> {
+    /// `GET /`
     Root,
-    ListUsers,
-    CreateUser,
-    GetUser,
-    GetUserByUuid,
-    UpdateUser,
-    DeleteUser,
-    ListSessions,
-    OpenSession,
-    CloseSession,
-    ListContacts,
-    AddContact,
-    RemoveContact,
-    Poll,
-    Send,
+    /// `GET /api/users`
+    UsersList,
+    /// `POST /api/user`, `POST /api/users`
+    UserCreate,
+    /// `GET /api/user/:id`
+    UserGet(Seg<i64>),
+    /// `GET /api/user.uuid/:uuid`
+    UserGetByUuid(Seg<Cow<'a, str>>),
+    /// `PUT /api/user/:id`
+    UserUpdate(Seg<i64>),
+    /// `DELETE /api/user/:id`
+    UserDelete(Seg<i64>),
+    /// `GET /api/sessions`
+    SessionsList,
+    /// `POST /api/session/:user_id`
+    SessionOpen(Seg<i64>),
+    /// `DELETE /api/session/:session_id`
+    SessionClose(Seg<SessionId>),
+    /// `GET /api/contacts/:session_id`
+    ContactsList(Seg<SessionId>),
+    /// `POST /api/contact/:session_id/:user_id`
+    ContactAdd(Seg<SessionId>, Seg<i64>),
+    /// `DELETE /api/contact/:session_id/:user_id`
+    ContactRemove(Seg<SessionId>, Seg<i64>),
+    /// `GET /api/messages/:session_id[/:unix[/:nano]]`
+    MessagesPoll(Seg<SessionId>, Seg<Option<Cursor>>),
+    /// `POST /api/message/:session_id`, `POST /api/send/:session_id`
+    MessageSend(Seg<SessionId>),
+    /// `GET /healthz`
     Healthz,
+    /// `GET /readyz`
     Readyz,
+    /// `GET /metrics`
     Metrics,
+    /// `OPTIONS` on any path: the CORS preflight.
     Options,
-    NotFound,
-    MethodNotAllowed,
 }
 
-/// Metric labels, indexed by `Route as usize`.
-pub const ROUTE_NAMES: &[&str] = &[
-    "root",
-    "users_list",
-    "user_create",
-    "user_get",
-    "user_get_by_uuid",
-    "user_update",
-    "user_delete",
-    "sessions_list",
-    "session_open",
-    "session_close",
-    "contacts_list",
-    "contact_add",
-    "contact_remove",
-    "messages_poll",
-    "message_send",
-    "healthz",
-    "readyz",
-    "metrics",
-    "options",
-    "not_found",
-    "method_not_allowed",
-];
+/// Why a request has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRouted {
+    /// No such path: 404.
+    NotFound,
+    /// The path exists with other methods: 405 with this `Allow` header.
+    MethodNotAllowed(&'static str),
+}
 
-/// Resolves a path (without query) to a resource; `None` is a 404.
-pub fn resolve(path: &str) -> Option<Resource<'_>> {
+impl NotRouted {
+    /// Their labels in `/metrics`, after the routes' ([`metric_labels`]).
+    const LABELS: [&'static str; 2] = ["not_found", "method_not_allowed"];
+
+    fn label_index(self) -> usize {
+        RouteName::COUNT
+            + match self {
+                NotRouted::NotFound => 0,
+                NotRouted::MethodNotAllowed(_) => 1,
+            }
+    }
+}
+
+impl From<NotRouted> for ApiError {
+    fn from(n: NotRouted) -> Self {
+        match n {
+            NotRouted::NotFound => ApiError::NotFound,
+            NotRouted::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow),
+        }
+    }
+}
+
+/// Every label a request can be counted under in `/metrics`, indexed by [`metric_index`].
+pub fn metric_labels() -> Vec<&'static str> {
+    use strum::IntoEnumIterator;
+    RouteName::iter().map(<&'static str>::from).chain(NotRouted::LABELS).collect()
+}
+
+/// Where a resolved request is counted in [`metric_labels`].
+pub fn metric_index(resolved: &Result<Route<'_>, NotRouted>) -> usize {
+    match resolved {
+        Ok(route) => RouteName::from(route) as usize,
+        Err(n) => n.label_index(),
+    }
+}
+
+/// What a path names, before the method picks the route.
+enum Path<'a> {
+    Root,
+    Users,
+    User,
+    UserId(&'a str),
+    UserUuid(&'a str),
+    Sessions,
+    Session(&'a str),
+    Contacts(&'a str),
+    Contact(&'a str, &'a str),
+    Messages(&'a str, Option<&'a str>, Option<&'a str>),
+    Send(&'a str),
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+/// Resolves a method and a path (without query). `HEAD` is served like `GET`; `OPTIONS` is the
+/// preflight on every path.
+pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRouted> {
+    if *method == Method::OPTIONS {
+        return Ok(Route::Options);
+    }
+    let p = parse_path(path).ok_or(NotRouted::NotFound)?;
+    let get = *method == Method::GET || *method == Method::HEAD;
+    let post = *method == Method::POST;
+    let put = *method == Method::PUT;
+    let delete = *method == Method::DELETE;
+    let session = |s: &str| s.parse::<SessionId>().map_err(ApiError::from);
+    let user_id = |s: &str| input::int_segment(s, "user_id");
+    Ok(match p {
+        Path::Messages(s, unix, nano) if get => Route::MessagesPoll(session(s), input::cutoff(unix, nano)),
+        Path::Send(s) if post => Route::MessageSend(session(s)),
+        Path::Root if get => Route::Root,
+        Path::Users if get => Route::UsersList,
+        Path::Users | Path::User if post => Route::UserCreate,
+        Path::UserId(id) if get => Route::UserGet(user_id(id)),
+        Path::UserId(id) if put => Route::UserUpdate(user_id(id)),
+        Path::UserId(id) if delete => Route::UserDelete(user_id(id)),
+        Path::UserUuid(u) if get => Route::UserGetByUuid(input::decoded_segment(u)),
+        Path::Sessions if get => Route::SessionsList,
+        Path::Session(id) if post => Route::SessionOpen(user_id(id)),
+        Path::Session(s) if delete => Route::SessionClose(session(s)),
+        Path::Contacts(s) if get => Route::ContactsList(session(s)),
+        Path::Contact(s, u) if post => Route::ContactAdd(session(s), user_id(u)),
+        Path::Contact(s, u) if delete => Route::ContactRemove(session(s), user_id(u)),
+        Path::Healthz if get => Route::Healthz,
+        Path::Readyz if get => Route::Readyz,
+        Path::Metrics if get => Route::Metrics,
+        other => return Err(NotRouted::MethodNotAllowed(allow(&other))),
+    })
+}
+
+/// The `Allow` header of a 405 on `path`.
+fn allow(path: &Path<'_>) -> &'static str {
+    match path {
+        Path::Users => "GET, HEAD, POST, OPTIONS",
+        Path::User | Path::Send(_) => "POST, OPTIONS",
+        Path::UserId(_) => "GET, HEAD, PUT, DELETE, OPTIONS",
+        Path::Session(_) | Path::Contact(..) => "POST, DELETE, OPTIONS",
+        _ => "GET, HEAD, OPTIONS",
+    }
+}
+
+/// Splits a path into what it names; `None` is a 404.
+fn parse_path(path: &str) -> Option<Path<'_>> {
     if path.contains("//") {
         return None;
     }
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     if path == "/" {
-        return Some(Resource::Root);
+        return Some(Path::Root);
     }
     let rest = path.strip_prefix('/')?;
     let mut it = rest.split('/');
@@ -105,94 +195,69 @@ pub fn resolve(path: &str) -> Option<Resource<'_>> {
         return None;
     }
     match first {
-        "healthz" if segs[0].is_none() => return Some(Resource::Healthz),
-        "readyz" if segs[0].is_none() => return Some(Resource::Readyz),
-        "metrics" if segs[0].is_none() => return Some(Resource::Metrics),
+        "healthz" if segs[0].is_none() => return Some(Path::Healthz),
+        "readyz" if segs[0].is_none() => return Some(Path::Readyz),
+        "metrics" if segs[0].is_none() => return Some(Path::Metrics),
         "api" => {}
         _ => return None,
     }
-    let r = match segs {
+    Some(match segs {
         [Some("messages"), Some(s), unix, nano, None] if unix.is_some() || nano.is_none() => {
-            Resource::Messages(s, unix, nano)
+            Path::Messages(s, unix, nano)
         }
-        [Some("message" | "send"), Some(s), None, None, None] => Resource::Send(s),
-        [Some("users"), None, None, None, None] => Resource::Users,
-        [Some("user"), None, None, None, None] => Resource::User,
-        [Some("user"), Some(id), None, None, None] => Resource::UserId(id),
-        [Some("user.uuid"), Some(u), None, None, None] => Resource::UserUuid(u),
-        [Some("sessions"), None, None, None, None] => Resource::Sessions,
-        [Some("session"), Some(id), None, None, None] => Resource::Session(id),
-        [Some("contacts"), Some(s), None, None, None] => Resource::Contacts(s),
-        [Some("contact"), Some(s), Some(u), None, None] => Resource::Contact(s, u),
+        [Some("message" | "send"), Some(s), None, None, None] => Path::Send(s),
+        [Some("users"), None, None, None, None] => Path::Users,
+        [Some("user"), None, None, None, None] => Path::User,
+        [Some("user"), Some(id), None, None, None] => Path::UserId(id),
+        [Some("user.uuid"), Some(u), None, None, None] => Path::UserUuid(u),
+        [Some("sessions"), None, None, None, None] => Path::Sessions,
+        [Some("session"), Some(id), None, None, None] => Path::Session(id),
+        [Some("contacts"), Some(s), None, None, None] => Path::Contacts(s),
+        [Some("contact"), Some(s), Some(u), None, None] => Path::Contact(s, u),
         _ => return None,
-    };
-    Some(r)
-}
-
-impl Resource<'_> {
-    /// The route for `method`, or `None` (405).
-    pub fn route(&self, method: &Method) -> Option<Route> {
-        let get = *method == Method::GET || *method == Method::HEAD;
-        let post = *method == Method::POST;
-        let put = *method == Method::PUT;
-        let delete = *method == Method::DELETE;
-        Some(match self {
-            Resource::Messages(..) if get => Route::Poll,
-            Resource::Send(_) if post => Route::Send,
-            Resource::Root if get => Route::Root,
-            Resource::Users if get => Route::ListUsers,
-            Resource::Users | Resource::User if post => Route::CreateUser,
-            Resource::UserId(_) if get => Route::GetUser,
-            Resource::UserId(_) if put => Route::UpdateUser,
-            Resource::UserId(_) if delete => Route::DeleteUser,
-            Resource::UserUuid(_) if get => Route::GetUserByUuid,
-            Resource::Sessions if get => Route::ListSessions,
-            Resource::Session(_) if post => Route::OpenSession,
-            Resource::Session(_) if delete => Route::CloseSession,
-            Resource::Contacts(_) if get => Route::ListContacts,
-            Resource::Contact(..) if post => Route::AddContact,
-            Resource::Contact(..) if delete => Route::RemoveContact,
-            Resource::Healthz if get => Route::Healthz,
-            Resource::Readyz if get => Route::Readyz,
-            Resource::Metrics if get => Route::Metrics,
-            _ => return None,
-        })
-    }
-
-    /// The `Allow` header of a 405.
-    pub fn allow(&self) -> &'static str {
-        match self {
-            Resource::Users => "GET, HEAD, POST, OPTIONS",
-            Resource::User | Resource::Send(_) => "POST, OPTIONS",
-            Resource::UserId(_) => "GET, HEAD, PUT, DELETE, OPTIONS",
-            Resource::Session(_) | Resource::Contact(..) => "POST, DELETE, OPTIONS",
-            _ => "GET, HEAD, OPTIONS",
-        }
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn name(method: Method, path: &str) -> Result<&'static str, NotRouted> {
+        resolve(&method, path).map(|r| RouteName::from(&r).into())
+    }
+
     #[test]
     fn resolves_every_route_of_the_contract() {
-        assert_eq!(resolve("/"), Some(Resource::Root));
-        assert_eq!(resolve("/api/users"), Some(Resource::Users));
-        assert_eq!(resolve("/api/user"), Some(Resource::User));
-        assert_eq!(resolve("/api/user/7"), Some(Resource::UserId("7")));
-        assert_eq!(resolve("/api/user.uuid/al%20ice"), Some(Resource::UserUuid("al%20ice")));
-        assert_eq!(resolve("/api/sessions"), Some(Resource::Sessions));
-        assert_eq!(resolve("/api/session/7"), Some(Resource::Session("7")));
-        assert_eq!(resolve("/api/contacts/s"), Some(Resource::Contacts("s")));
-        assert_eq!(resolve("/api/contact/s/7"), Some(Resource::Contact("s", "7")));
-        assert_eq!(resolve("/api/messages/s"), Some(Resource::Messages("s", None, None)));
-        assert_eq!(resolve("/api/messages/s/1"), Some(Resource::Messages("s", Some("1"), None)));
-        assert_eq!(resolve("/api/messages/s/1/2"), Some(Resource::Messages("s", Some("1"), Some("2"))));
-        assert_eq!(resolve("/api/message/s"), Some(Resource::Send("s")));
-        assert_eq!(resolve("/api/send/s"), Some(Resource::Send("s")));
-        assert_eq!(resolve("/api/messages/s/"), Some(Resource::Messages("s", None, None)));
-        assert_eq!(resolve("/healthz"), Some(Resource::Healthz));
+        use Method as M;
+        for (method, path, expected) in [
+            (M::GET, "/", "root"),
+            (M::HEAD, "/", "root"),
+            (M::GET, "/api/users", "users_list"),
+            (M::POST, "/api/users", "user_create"),
+            (M::POST, "/api/user", "user_create"),
+            (M::GET, "/api/user/7", "user_get"),
+            (M::PUT, "/api/user/7", "user_update"),
+            (M::DELETE, "/api/user/7", "user_delete"),
+            (M::GET, "/api/user.uuid/al%20ice", "user_get_by_uuid"),
+            (M::GET, "/api/sessions", "sessions_list"),
+            (M::POST, "/api/session/7", "session_open"),
+            (M::DELETE, "/api/session/s", "session_close"),
+            (M::GET, "/api/contacts/s", "contacts_list"),
+            (M::POST, "/api/contact/s/7", "contact_add"),
+            (M::DELETE, "/api/contact/s/7", "contact_remove"),
+            (M::GET, "/api/messages/s", "messages_poll"),
+            (M::GET, "/api/messages/s/", "messages_poll"),
+            (M::GET, "/api/messages/s/1", "messages_poll"),
+            (M::GET, "/api/messages/s/1/2", "messages_poll"),
+            (M::POST, "/api/message/s", "message_send"),
+            (M::POST, "/api/send/s", "message_send"),
+            (M::GET, "/healthz", "healthz"),
+            (M::GET, "/readyz", "readyz"),
+            (M::GET, "/metrics", "metrics"),
+            (M::OPTIONS, "/anything/at/all", "options"),
+        ] {
+            assert_eq!(name(method.clone(), path), Ok(expected), "{method} {path}");
+        }
         for bad in [
             "",
             "/api",
@@ -206,17 +271,44 @@ mod tests {
             "//",
             "/api/contact/s",
         ] {
-            assert_eq!(resolve(bad), None, "{bad}");
+            assert_eq!(name(Method::GET, bad).unwrap_err(), NotRouted::NotFound, "{bad}");
         }
     }
 
     #[test]
-    fn methods_pick_routes_or_405() {
-        let r = resolve("/api/session/1").unwrap();
-        assert_eq!(r.route(&Method::POST), Some(Route::OpenSession));
-        assert_eq!(r.route(&Method::DELETE), Some(Route::CloseSession));
-        assert_eq!(r.route(&Method::GET), None);
-        assert!(r.allow().contains("DELETE"));
-        assert_eq!(ROUTE_NAMES.len(), Route::MethodNotAllowed as usize + 1);
+    fn segments_are_typed_and_their_errors_kept_for_later() {
+        let s = "0123456789abcdef0123456789abcdef";
+        let path = format!("/api/messages/{s}/-5/2000000001");
+        match resolve(&Method::GET, &path) {
+            Ok(Route::MessagesPoll(Ok(id), Ok(Some(cutoff)))) => {
+                assert_eq!(id.to_string(), s);
+                assert_eq!(cutoff, Cursor { unix: -3, nano: 1 });
+            }
+            other => panic!("{other:?}"),
+        }
+        match resolve(&Method::POST, "/api/contact/NOT-HEX/abc") {
+            Ok(Route::ContactAdd(Err(session), Err(user))) => {
+                assert_eq!(session.status(), hyper::StatusCode::NOT_FOUND);
+                assert_eq!(user.status(), hyper::StatusCode::BAD_REQUEST);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn methods_pick_routes_or_405_with_allow() {
+        assert_eq!(name(Method::GET, "/api/session/1"), Err(NotRouted::MethodNotAllowed("POST, DELETE, OPTIONS")));
+        assert_eq!(name(Method::GET, "/api/message/s"), Err(NotRouted::MethodNotAllowed("POST, OPTIONS")));
+        assert_eq!(name(Method::POST, "/healthz"), Err(NotRouted::MethodNotAllowed("GET, HEAD, OPTIONS")));
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_metric_label() {
+        let labels = metric_labels();
+        let unique: std::collections::HashSet<_> = labels.iter().collect();
+        assert_eq!(unique.len(), labels.len(), "{labels:?}");
+        assert_eq!(labels[metric_index(&Err(NotRouted::NotFound))], "not_found");
+        assert_eq!(labels[metric_index(&Err(NotRouted::MethodNotAllowed("GET")))], "method_not_allowed");
+        assert_eq!(labels[metric_index(&resolve(&Method::GET, "/api/messages/x"))], "messages_poll");
     }
 }

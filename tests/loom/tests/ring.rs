@@ -52,11 +52,11 @@ fn reader_during_overwrite() {
             })
         };
         let mut buf = BytesMut::new();
-        let o = mb.write_after(Some(1), &mut buf);
+        let o = mb.read_into(Some(1), &mut buf);
         check(&buf, 1, o.newest, o.gap);
         writer.join().unwrap();
         let mut buf = BytesMut::new();
-        let o = mb.write_after(Some(2), &mut buf);
+        let o = mb.read_into(Some(2), &mut buf);
         assert_eq!(parse(&buf), vec![3, 4]);
         assert!(!o.gap, "cursor 2 saw everything that left");
     });
@@ -76,11 +76,11 @@ fn reader_during_cull() {
             })
         };
         let mut buf = BytesMut::new();
-        let o = mb.write_after(Some(0), &mut buf);
+        let o = mb.read_into(Some(0), &mut buf);
         check(&buf, 0, o.newest, o.gap);
         culler.join().unwrap();
         let mut buf = BytesMut::new();
-        let o = mb.write_after(Some(0), &mut buf);
+        let o = mb.read_into(Some(0), &mut buf);
         assert_eq!(parse(&buf), vec![3]);
         assert!(o.gap);
     });

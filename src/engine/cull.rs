@@ -1,0 +1,79 @@
+//! Expiry: idle sessions and old messages leave, shard by shard, and sessions' activity is
+//! written in batches. Driven by the [`Culler`](crate::cull::Culler) thread.
+
+use super::{Engine, Session, User};
+use crate::store::Op;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ttl_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Engine {
+    /// One culling pass over shard `index` at wall time `now`: closes idle sessions, removes
+    /// expired messages from mailboxes, and (when `flush_activity`) queues the `last_active`
+    /// changes since the last flush as one batched op. Takes each shard's map lock only long
+    /// enough to copy its entries; each mailbox's writer lock only for its own cull.
+    pub fn cull_shard(&self, index: usize, now: i64, flush_activity: bool) {
+        let Some(shard) = self.shards.get(index) else { return };
+        let idle_before = now.saturating_sub(ttl_ns(self.config.session_ttl));
+        let sessions: Vec<Arc<Session>> = shard.sessions.read().values().cloned().collect();
+        let mut touches = Vec::new();
+        for s in sessions {
+            if s.last_active() < idle_before {
+                self.expire_session(&s, idle_before);
+            } else if flush_activity {
+                if let Some(ns) = s.take_unpersisted_activity() {
+                    touches.push((s.uuid.0, ns));
+                }
+            }
+        }
+        if !touches.is_empty() {
+            self.writer.submit(Op::TouchSessions(touches));
+        }
+        let expire_before = now.saturating_sub(ttl_ns(self.config.message_ttl));
+        let users: Vec<Arc<User>> = shard.users.read().values().cloned().collect();
+        for u in users {
+            if let Some(left_ns) = u.mailbox.lock().cull_before(expire_before) {
+                self.writer.submit(Op::Watermark { user_id: u.id, left_ns });
+            }
+        }
+    }
+
+    fn expire_session(&self, s: &Arc<Session>, idle_before: i64) {
+        let _admin = self.admin.lock();
+        // A poll may have touched it since we looked.
+        if s.last_active() >= idle_before {
+            return;
+        }
+        if self.session_shard(s.uuid).sessions.write().remove(&s.uuid).is_some() {
+            s.user.remove_session(s.uuid);
+            self.writer.submit(Op::DeleteSession { uuid: s.uuid.0 });
+            self.metrics.sessions_culled.inc();
+        }
+    }
+
+    /// Queues every `last_active` change not yet written (at graceful stop).
+    pub fn flush_activity(&self) {
+        for shard in self.shards.iter() {
+            let touches: Vec<(u128, i64)> = shard
+                .sessions
+                .read()
+                .values()
+                .filter_map(|s| s.take_unpersisted_activity().map(|ns| (s.uuid.0, ns)))
+                .collect();
+            if !touches.is_empty() {
+                self.writer.submit(Op::TouchSessions(touches));
+            }
+        }
+    }
+
+    /// One culling pass over every shard, then the store's share of message culling.
+    pub fn cull_all(&self, now: i64, flush_activity: bool) {
+        for i in 0..self.shards.len() {
+            self.cull_shard(i, now, flush_activity);
+        }
+        self.writer.cull(now.saturating_sub(ttl_ns(self.config.message_ttl)));
+    }
+}
