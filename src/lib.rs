@@ -3,21 +3,27 @@
 //!
 //! # Layout
 //!
-//! Data flows top to bottom: listener → router → handler → engine (shard → mailbox) → writer
-//! channel → store.
+//! Data flows top to bottom, and imports only point down this list: listener → router →
+//! handler → engine (shard → mailbox) → writer channel → store.
 //!
-//! - [`server`]: start (store → restore → listener) and graceful stop.
-//! - [`http`]: the contract's routes on hyper; [`http::router`] resolves paths,
-//!   [`http::input`] parses what clients send, [`http::error`] is every error answer.
-//! - [`render`]: the JSON envelope, objects and timestamps; messages are rendered once, at send.
-//! - [`engine`]: users, sessions, contacts and mailboxes in shards; the ordering invariant.
-//! - [`mailbox`]: the per-user ring buffer, read without locks.
-//! - [`clock`]: strictly increasing server timestamps.
-//! - [`writer`]: the dedicated thread that drains the write queue into the store in batches.
-//! - [`store`]: the `Store` abstraction; SQLite (default), PostgreSQL, and `memory:`.
-//! - [`cull`]: the thread that expires idle sessions and old messages, shard by shard.
-//! - [`metrics`]: Prometheus counters and histograms for `/metrics`.
+//! - [`server`]: start (store → restore → writer → culler → listener) and graceful stop, in order.
 //! - [`config`]: the command line.
+//! - [`listener`]: accepts connections and serves them with hyper; per-connection idle timer.
+//! - [`http`]: the contract's routes. [`http::router`] turns a method and path into a
+//!   [`Route`](http::router::Route) with typed segments; one file per resource holds its
+//!   handlers (`users`, `sessions`, `contacts`, `messages`, `ops`); [`http::input`] parses what
+//!   clients send; [`http::error`] is every error answer; [`http::body`] reads bodies in bounds.
+//! - [`cull`]: the thread that expires idle sessions and old messages, shard by shard.
+//! - [`engine`]: users, sessions, contacts and mailboxes in shards; the ordering invariant;
+//!   every mutation awaits its own durability. [`engine::SessionId`] is the session's id.
+//! - [`render`]: the JSON envelope, objects and timestamps; messages are rendered once, at send.
+//! - [`mailbox`]: the per-user ring buffer, read without locks.
+//! - [`writer`]: the dedicated thread that drains the write queue into the store in batches.
+//! - [`store`]: the `Store` abstraction; SQLite (default), PostgreSQL, and `memory:`; one
+//!   migration runner.
+//! - [`clock`]: strictly increasing server timestamps, and the [`Cursor`](clock::Cursor) clients
+//!   poll with.
+//! - [`metrics`]: Prometheus counters and histograms for `/metrics`.
 
 #![warn(missing_docs)]
 

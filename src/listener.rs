@@ -2,7 +2,7 @@
 //! `TCP_NODELAY`) on the tokio runtime, until told to stop; then lets requests in flight finish
 //! (at most [`GRACE`]) and closes idle connections.
 //!
-//! Each connection is watched by a per-connection idle timer ([`watch_idle`]) instead of hyper's
+//! Each connection is watched by a per-connection idle timer (`watch_idle`) instead of hyper's
 //! per-request header timer: hyper drops and re-creates that timer for every request (two
 //! timer-wheel operations and an allocation per request, ~7 % of an empty poll's CPU).
 

@@ -4,7 +4,7 @@
 //! connect meanwhile wait in the backlog), opens the store, restores the engine from it and culls
 //! what expired while the server was down — all before the first connection is accepted, so the
 //! first client already sees the restored state. It then starts the writer thread, the culler
-//! thread and the [`listener`](crate::listener).
+//! thread and the [`listener`] task.
 //!
 //! [`Server::shutdown`] (what SIGINT/SIGTERM trigger in the binary) goes back down in order:
 //! 1. the listener stops accepting and lets requests in flight finish;

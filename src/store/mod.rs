@@ -10,7 +10,7 @@
 //! - [`memory`]: `memory:`, keeps nothing; for benchmarks.
 //!
 //! Schemas are versioned SQL files under `migrations/<store>/`, embedded at build time and
-//! applied at open ([`migrations`]).
+//! applied at open by one runner ([`migrations`]).
 
 pub mod memory;
 pub mod migrations;
@@ -141,21 +141,10 @@ pub enum StoreError {
     /// SQLite said no.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL said no, or could not be reached.
-    #[error("postgres: {}", postgres_cause(.0))]
-    Postgres(#[from] tokio_postgres::Error),
-    /// Anything else (I/O, a corrupt row, a failed migration).
+    /// Anything else, already described with its context on one line (PostgreSQL's errors with
+    /// the server and the call, a corrupt row, a failed migration).
     #[error("{0}")]
     Other(String),
-}
-
-/// tokio-postgres's `Display` is often just "db error": add the server's message or the cause.
-fn postgres_cause(e: &tokio_postgres::Error) -> String {
-    match (e.as_db_error(), std::error::Error::source(e)) {
-        (Some(db), _) => format!("{e}: {}", db.message()),
-        (None, Some(cause)) => format!("{e}: {cause}"),
-        (None, None) => e.to_string(),
-    }
 }
 
 /// A place the engine's state lives between runs. Used from one thread, the writer's.
@@ -193,17 +182,4 @@ pub fn open(url: &str, options: &StoreOptions) -> Result<Box<dyn Store>, StoreEr
     } else {
         Err(StoreError::BadUrl(url.to_owned()))
     }
-}
-
-/// `uuid` as 32 lowercase hex digits, the form the API and the stores use.
-pub fn hex(uuid: u128) -> String {
-    format!("{uuid:032x}")
-}
-
-/// Parses 32 lowercase hex digits back into a uuid; `None` for anything else.
-pub fn parse_hex(s: &str) -> Option<u128> {
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    u128::from_str_radix(s, 16).ok()
 }

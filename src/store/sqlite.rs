@@ -5,9 +5,19 @@
 //! `synchronous=FULL`, so an acknowledged write survives a power loss too.
 
 use super::migrations::{self, Migration};
-use super::{hex, parse_hex, MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
-use crate::clock::Clock;
+use super::{MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
 use rusqlite::{params, Connection, OptionalExtension};
+
+/// A 128-bit id as the text column holds it: 32 lowercase hex digits, as the API writes it.
+fn hex(uuid: u128) -> String {
+    format!("{uuid:032x}")
+}
+
+/// A text column back into a 128-bit id; `None` for anything but 32 hex digits.
+fn parse_hex(s: &str) -> Option<u128> {
+    let lower_hex = s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (s.len() == 32 && lower_hex).then(|| u128::from_str_radix(s, 16).ok())?
+}
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -26,32 +36,32 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", if options.durable { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn, migrations::SQLITE)?;
+        migrations::run("sqlite", &mut Migrations(&mut conn), migrations::SQLITE)?;
         Ok(Self { conn })
     }
 }
 
-fn migrate(conn: &mut Connection, all: &[Migration]) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)",
-    )?;
-    for m in all {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done: Option<i64> = tx
-            .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [m.version], |r| r.get(0))
-            .optional()?;
-        if done.is_none() {
-            tx.execute_batch(m.sql)
-                .map_err(|e| StoreError::Other(format!("sqlite: migration {:04}_{}: {e}", m.version, m.name)))?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_ns) VALUES (?1, ?2, ?3)",
-                params![m.version, m.name, Clock::wall_ns()],
-            )?;
-        }
-        tx.commit()?;
+/// The connection as the migration runner sees it.
+struct Migrations<'a>(&'a mut Connection);
+
+impl migrations::Target for Migrations<'_> {
+    fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.0.execute_batch(sql).map_err(|e| e.to_string())
     }
-    Ok(())
+
+    fn apply_once(&mut self, m: &Migration, applied_ns: i64) -> Result<bool, String> {
+        let mut run = || -> rusqlite::Result<bool> {
+            let tx = self.0.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if tx.query_row(migrations::IS_APPLIED, [m.version], |_| Ok(())).optional()?.is_some() {
+                return Ok(false);
+            }
+            tx.execute_batch(m.sql)?;
+            tx.execute(migrations::RECORD, params![m.version, m.name, applied_ns])?;
+            tx.commit()?;
+            Ok(true)
+        };
+        run().map_err(|e| e.to_string())
+    }
 }
 
 fn bad_row(what: &str) -> StoreError {

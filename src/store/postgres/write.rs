@@ -1,0 +1,122 @@
+//! Writing a batch: every op but messages pipelined in batch order, then the messages by binary
+//! COPY — straight into the table, or staged when the batch is a retry (see the module doc).
+
+use super::conn::Conn;
+use super::{PgUuid, MESSAGE_TYPES};
+use crate::store::Op;
+use postgres_types::ToSql;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::Poll;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Statement;
+
+/// Applies one batch: straight, or when that finds a message already stored, again with the
+/// messages staged (see the module doc).
+pub(super) async fn write(conn: &mut Conn, ops: &[Op]) -> Result<(), tokio_postgres::Error> {
+    match write_batch(conn, ops, MessagePath::Direct).await {
+        // Only the messages' primary key can clash: every other statement skips conflicts.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::debug!("batch holds messages already stored (a retry); writing it again, skipping those");
+            write_batch(conn, ops, MessagePath::Staged).await
+        }
+        done => done,
+    }
+}
+
+/// How a batch's messages get into `messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessagePath {
+    /// COPY into the table: fastest, fails on a message already there.
+    Direct,
+    /// COPY into the staging table, then `INSERT … ON CONFLICT DO NOTHING`.
+    Staged,
+}
+
+/// Applies one batch in one transaction, its messages by `path`.
+async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(), tokio_postgres::Error> {
+    let Conn { client, statements: st, .. } = conn;
+    let tx = client.transaction().await?;
+
+    // Every op but messages, in batch order. The parameters are owned by the futures, which are
+    // all created (and so all sent, see `pipeline`) before the first answer is awaited.
+    type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+    fn p(value: impl ToSql + Sync + Send + 'static) -> Box<dyn ToSql + Sync + Send> {
+        Box::new(value)
+    }
+    let mut pending = Vec::new();
+    for op in ops {
+        let (statement, params): (&Statement, Params) = match op {
+            Op::UpsertUser(u) => {
+                (&st.upsert_user, vec![p(u.id), p(u.uuid.clone()), p(u.display_name.clone()), p(u.left_ns)])
+            }
+            Op::DeleteUser { id } => (&st.delete_user, vec![p(*id)]),
+            Op::InsertSession(s) => {
+                (&st.insert_session, vec![p(PgUuid(s.uuid)), p(s.user_id), p(s.created_ns), p(s.last_active_ns)])
+            }
+            Op::DeleteSession { uuid } => (&st.delete_session, vec![p(PgUuid(*uuid))]),
+            Op::TouchSessions(touches) => {
+                if touches.is_empty() {
+                    continue;
+                }
+                let uuids: Vec<PgUuid> = touches.iter().map(|&(u, _)| PgUuid(u)).collect();
+                let times: Vec<i64> = touches.iter().map(|&(_, ns)| ns).collect();
+                (&st.touch_sessions, vec![p(uuids), p(times)])
+            }
+            Op::AddContact { a, b } => (&st.add_contact, vec![p(*a), p(*b)]),
+            Op::RemoveContact { a, b } => (&st.remove_contact, vec![p(*a), p(*b)]),
+            Op::Watermark { user_id, left_ns } => (&st.watermark, vec![p(*user_id), p(*left_ns)]),
+            Op::Message(_) => continue,
+        };
+        pending.push(tx.execute_raw(statement, params));
+    }
+    pipeline(pending).await?;
+
+    // The messages: no foreign keys, and nothing above touches the table, so they can go last.
+    if ops.iter().any(|op| matches!(op, Op::Message(_))) {
+        let copy = if path == MessagePath::Direct { &st.copy_messages } else { &st.copy_staged };
+        let sink = tx.copy_in(copy).await?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &MESSAGE_TYPES));
+        for op in ops {
+            let Op::Message(m) = op else { continue };
+            writer
+                .as_mut()
+                .write(&[&m.created_ns, &PgUuid(m.uuid), &m.sender_id, &m.receiver_id, &m.body, &m.attachments])
+                .await?;
+        }
+        writer.finish().await?;
+        if path == MessagePath::Staged {
+            tx.execute(&st.merge_staged, &[]).await?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Awaits `futures` — requests on one connection — so that they are all *sent* first, in order,
+/// and only then awaited, in order: one round trip for the lot instead of one each.
+/// tokio-postgres queues a request on the first poll of its future, and the server runs a
+/// connection's requests in the order they arrive.
+async fn pipeline<F>(futures: Vec<F>) -> Result<(), tokio_postgres::Error>
+where
+    F: Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done = vec![false; futures.len()];
+    std::future::poll_fn(|cx| {
+        for (future, done) in futures.iter_mut().zip(done.iter_mut()) {
+            if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                result?;
+                *done = true;
+            }
+        }
+        Poll::Ready(Ok::<(), tokio_postgres::Error>(()))
+    })
+    .await?;
+    for (future, done) in futures.iter_mut().zip(done) {
+        if !done {
+            future.await?;
+        }
+    }
+    Ok(())
+}
