@@ -29,6 +29,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds per store batch (one transaction).
     pub batch_seconds: Histogram,
+    /// Seconds from a message's server timestamp to the commit that stored it, for the oldest
+    /// message of each batch: the write-behind window a crash could lose.
+    pub message_lag_seconds: Histogram,
     /// Store calls that failed, by call (`op`: `write`, `cull`, `ping`); each is retried.
     pub store_errors: IntCounterVec,
     /// Messages culled from the store.
@@ -78,6 +81,13 @@ impl Metrics {
             HistogramOpts::new("writer_batch_seconds", "Seconds per store transaction")
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 15).unwrap_or_default()),
         ));
+        let message_lag_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "writer_message_lag_seconds",
+                "Seconds from a message's timestamp to its commit (oldest message of each batch)",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).unwrap_or_default()),
+        ));
         let store_errors = must(IntCounterVec::new(
             Opts::new("store_errors_total", "Failed store calls (each retried), by call: write, cull, ping"),
             &["op"],
@@ -91,6 +101,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(batch_size.clone()),
             Box::new(batch_seconds.clone()),
+            Box::new(message_lag_seconds.clone()),
             Box::new(store_errors.clone()),
             Box::new(messages_culled.clone()),
             Box::new(sessions_culled.clone()),
@@ -113,6 +124,7 @@ impl Metrics {
             queue_depth,
             batch_size,
             batch_seconds,
+            message_lag_seconds,
             store_errors,
             messages_culled,
             sessions_culled,

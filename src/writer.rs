@@ -17,6 +17,7 @@
 //! sends answer 503 instead of letting memory grow. Rare ops (users, sessions, contacts, culling)
 //! are always queued, since they are few and waited for.
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Op, Store};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -281,6 +282,11 @@ fn commit(store: &mut dyn Store, ops: &mut Vec<Op>, acks: &mut Vec<oneshot::Send
         match store.write(ops) {
             Ok(()) => {
                 shared.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                // Ops are in order, so the first message is the batch's oldest.
+                if let Some(Op::Message(m)) = ops.iter().find(|op| matches!(op, Op::Message(_))) {
+                    let lag_ns = Clock::wall_ns().saturating_sub(m.created_ns);
+                    shared.metrics.message_lag_seconds.observe(lag_ns.max(0) as f64 / 1e9);
+                }
                 shared.metrics.batch_size.observe(ops.len() as f64);
                 set_health(shared, StoreCall::Write, Ok(()));
                 break;
