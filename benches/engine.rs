@@ -12,7 +12,7 @@ use chatbus::mailbox::Mailbox;
 use chatbus::metrics::Metrics;
 use chatbus::render;
 use chatbus::store::memory::MemoryStore;
-use chatbus::writer::Writer;
+use chatbus::writer::{Writer, WriterConfig};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
 use std::sync::Arc;
@@ -103,7 +103,7 @@ fn render_answer(c: &mut Criterion) {
 
 fn send(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new(&["bench"]));
-    let writer = Writer::start(Box::new(MemoryStore), usize::MAX, metrics.clone()).expect("writer");
+    let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(usize::MAX), metrics.clone()).expect("writer");
     let engine = Engine::new(
         EngineConfig {
             shards: 2,
@@ -142,7 +142,7 @@ fn send(c: &mut Criterion) {
     });
     g.finish();
     drop(engine);
-    writer.stop();
+    writer.stop(Duration::from_secs(30));
 }
 
 criterion_group! {

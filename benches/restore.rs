@@ -18,8 +18,8 @@ use chatbus::metrics::Metrics;
 use chatbus::store::memory::MemoryStore;
 use chatbus::store::postgres::PostgresStore;
 use chatbus::store::{MessageRow, Op, Store, StoreOptions, UserRow};
-use chatbus::writer::Writer;
 use chatbus::writer::MAX_BATCH;
+use chatbus::writer::{Writer, WriterConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ fn main() {
 
 fn engine() -> Engine {
     let metrics = Arc::new(Metrics::new(&["restore"]));
-    let writer = Writer::start(Box::new(MemoryStore), usize::MAX, metrics.clone()).expect("writer");
+    let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(usize::MAX), metrics.clone()).expect("writer");
     let config = EngineConfig {
         shards: 2,
         mailbox_capacity: 1024,

@@ -53,6 +53,21 @@ pub struct Config {
           value_parser = positive_count)]
     pub max_pending: usize,
 
+    /// Longest the store may fail to take writes while sends are still acknowledged from memory;
+    /// past it sends answer 503 until the store takes writes again
+    #[arg(long, env = "CHATBUS_MAX_WRITE_LAG", value_name = "DUR", default_value = "5s", value_parser = positive_duration)]
+    pub max_write_lag: Duration,
+
+    /// Longest a graceful stop waits for the store before it spills what is unwritten to a file
+    #[arg(long, env = "CHATBUS_STOP_TIMEOUT", value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// Where a stop that timed out leaves unwritten writes (replayed at the next start), and where
+    /// writes the store refused are set aside [default: the SQLite file's directory, else the
+    /// working directory]
+    #[arg(long, env = "CHATBUS_SPILL_DIR", value_name = "DIR")]
+    pub spill_dir: Option<std::path::PathBuf>,
+
     /// How long to keep retrying a store that is unreachable at start (0: fail at once)
     #[arg(long, env = "CHATBUS_CONNECT_TIMEOUT", value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -94,6 +109,21 @@ impl Config {
     /// Worker threads: `--threads`, or the number of cores.
     pub fn worker_threads(&self) -> usize {
         self.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// `--spill-dir`, or its default: the SQLite file's directory, else the working directory.
+    pub fn spill_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.spill_dir {
+            return dir.clone();
+        }
+        let url = &self.database_url;
+        match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            Some(path) => match std::path::Path::new(path).parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            },
+            None => std::path::PathBuf::from("."),
+        }
     }
 
     /// Engine shards: `--shards`, or the worker thread count.

@@ -55,8 +55,22 @@ fn main() -> ExitCode {
         tracing::info!(addr = %server.local_addr(), "chatbus listening");
         wait_for_signal().await;
         tracing::info!("stopping: finishing requests in flight and writing everything to the store");
-        server.shutdown().await;
-        ExitCode::SUCCESS
+        let report = server.shutdown().await;
+        match (report.spilled, report.file, report.lost) {
+            (0, _, None) => ExitCode::SUCCESS,
+            (n, Some(file), None) => {
+                eprintln!(
+                    "chatbus: {n} writes could not reach the store before --stop-timeout; they are in {} and the next \
+                     start with the same --spill-dir replays them",
+                    file.display()
+                );
+                ExitCode::from(3)
+            }
+            (n, _, lost) => {
+                eprintln!("chatbus: {n} writes could not be written: {}", lost.unwrap_or_default());
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

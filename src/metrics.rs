@@ -32,8 +32,11 @@ pub struct Metrics {
     /// Seconds from a message's server timestamp to the commit that stored it, for the oldest
     /// message of each batch: the write-behind window a crash could lose.
     pub message_lag_seconds: Histogram,
-    /// Store calls that failed, by call (`op`: `write`, `cull`, `ping`); each is retried.
+    /// Store calls that failed, by call (`op`: `write`, `cull`, `ping`) and by what went wrong
+    /// (`kind`: `unreachable`, `full`, `busy`, `read_only`, `rejected`, `other`).
     pub store_errors: IntCounterVec,
+    /// Writes the store refused for good, set aside in the dead-letter file.
+    pub dead_letters: IntCounter,
     /// Messages culled from the store.
     pub messages_culled: IntCounter,
     /// Sessions closed for idleness.
@@ -89,8 +92,12 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).unwrap_or_default()),
         ));
         let store_errors = must(IntCounterVec::new(
-            Opts::new("store_errors_total", "Failed store calls (each retried), by call: write, cull, ping"),
-            &["op"],
+            Opts::new("store_errors_total", "Failed store calls, by call (write, cull, ping) and kind"),
+            &["op", "kind"],
+        ));
+        let dead_letters = must(IntCounter::new(
+            "store_dead_letters_total",
+            "Writes the store refused, set aside in the dead-letter file",
         ));
         let messages_culled = must(IntCounter::new("messages_culled_total", "Messages culled from the store"));
         let sessions_culled = must(IntCounter::new("sessions_culled_total", "Sessions closed for idleness"));
@@ -103,6 +110,7 @@ impl Metrics {
             Box::new(batch_seconds.clone()),
             Box::new(message_lag_seconds.clone()),
             Box::new(store_errors.clone()),
+            Box::new(dead_letters.clone()),
             Box::new(messages_culled.clone()),
             Box::new(sessions_culled.clone()),
         ] {
@@ -126,6 +134,7 @@ impl Metrics {
             batch_seconds,
             message_lag_seconds,
             store_errors,
+            dead_letters,
             messages_culled,
             sessions_culled,
         }

@@ -10,7 +10,11 @@
 //! 1. the listener stops accepting and lets requests in flight finish;
 //! 2. the culler stops, so nothing new is expired;
 //! 3. the sessions' last activity is queued;
-//! 4. the writer commits everything queued, then stops.
+//! 4. the writer commits everything queued, then stops — giving the store at most
+//!    `--stop-timeout`, after which what is unwritten goes to a spill file (see [`writer`]).
+//!
+//! Before the store is loaded at start, it is proven writable (`Store::probe`) and any spill
+//! file an earlier stop left in `--spill-dir` is replayed into it.
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -20,9 +24,10 @@ use crate::http::{router, Api};
 use crate::listener::{self, Listening};
 use crate::metrics::Metrics;
 use crate::store::{self, StoreOptions};
-use crate::writer::Writer;
+use crate::writer::{self, StopReport, Writer, WriterConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -60,6 +65,7 @@ pub struct Server {
     engine: Arc<Engine>,
     culler: Culler,
     writer: Writer,
+    stop_timeout: Duration,
 }
 
 fn hide_password(url: &str) -> String {
@@ -81,10 +87,19 @@ impl Server {
         let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
         let url = config.database_url.clone();
         let options = StoreOptions { durable: config.durable_acks, connect_timeout: config.connect_timeout };
-        let opened = tokio::task::spawn_blocking(move || {
-            let mut store = store::open(&url, &options)?;
-            let snapshot = store.load()?;
-            Ok::<_, store::StoreError>((store, snapshot))
+        let metrics = Arc::new(Metrics::new(&router::metric_labels()));
+        let spill_dir = config.spill_dir();
+        let opened = tokio::task::spawn_blocking({
+            let (metrics, spill_dir) = (metrics.clone(), spill_dir.clone());
+            move || {
+                let mut store = store::open(&url, &options)?;
+                store.probe().map_err(|e| {
+                    store::StoreError::new(e.kind(), format!("the store opened but cannot be written: {e}"))
+                })?;
+                writer::replay_spills(&spill_dir, &mut *store, metrics)?;
+                let snapshot = store.load()?;
+                Ok::<_, store::StoreError>((store, snapshot))
+            }
         })
         .await
         .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))?;
@@ -92,8 +107,9 @@ impl Server {
             opened.map_err(|source| StartError::Store { url: hide_password(&config.database_url), source })?;
         let kind = store.kind();
 
-        let metrics = Arc::new(Metrics::new(&router::metric_labels()));
-        let writer = Writer::start(store, config.max_pending, metrics.clone()).map_err(StartError::Thread)?;
+        let writer_config =
+            WriterConfig { max_pending: config.max_pending, max_write_lag: config.max_write_lag, spill_dir };
+        let writer = Writer::start(store, writer_config, metrics.clone()).map_err(StartError::Thread)?;
         let engine = Arc::new(Engine::new(
             EngineConfig {
                 shards: config.shard_count(),
@@ -118,7 +134,7 @@ impl Server {
             stop: stopped,
             idle_timeout: config.idle_timeout,
         }));
-        Ok(Self { addr: local, stop, listening, engine, culler, writer })
+        Ok(Self { addr: local, stop, listening, engine, culler, writer, stop_timeout: config.stop_timeout })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -127,9 +143,10 @@ impl Server {
     }
 
     /// Stops gracefully, in the order of the module doc. Returns once everything acknowledged is
-    /// in the store.
-    pub async fn shutdown(self) {
-        let Self { stop, listening, engine, culler, writer, .. } = self;
+    /// in the store, or — when the store did not take it all within `--stop-timeout` — in a
+    /// spill file, which the report names.
+    pub async fn shutdown(self) -> StopReport {
+        let Self { stop, listening, engine, culler, writer, stop_timeout, .. } = self;
         let _ = stop.send(());
         if let Err(e) = listening.await {
             tracing::error!(error = %e, "the listener task failed");
@@ -137,12 +154,20 @@ impl Server {
         let stopped = tokio::task::spawn_blocking(move || {
             culler.stop();
             engine.flush_activity();
-            writer.stop();
+            writer.stop(stop_timeout)
         })
         .await;
         match stopped {
-            Ok(()) => tracing::info!("stopped; everything acknowledged is in the store"),
-            Err(e) => tracing::error!(error = %e, "stopping the writer failed"),
+            Ok(report) => {
+                if report.spilled == 0 && report.lost.is_none() {
+                    tracing::info!("stopped; everything acknowledged is in the store");
+                }
+                report
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stopping the writer failed");
+                StopReport { lost: Some(format!("stopping the writer failed: {e}")), ..StopReport::default() }
+            }
         }
     }
 }

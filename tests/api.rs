@@ -1545,9 +1545,10 @@ async fn a_full_write_queue_is_503_and_comes_last() {
             (r.status().as_u16(), r.json::<Value>().await.expect("json"))
         }
     });
-    // The user is in memory once its write is queued (and it cannot commit while we hold the lock).
-    eventually("the stuck write to be queued", || async { srv.get("/api/user.uuid/stuck").await.status == 200 }).await;
+    // Its write is queued (and cannot commit while we hold the lock): the queue is at 1.
+    eventually("the stuck write to be queued", || async { srv.get("/readyz").await.status == 503 }).await;
     assert!(!stuck.is_finished(), "a user is acknowledged only once it is in the store");
+    assert_eq!(srv.get("/api/user.uuid/stuck").await.status, 404, "nor shown before it is");
 
     let good = json!({"receiver_id": b, "body": "hi"}).to_string();
     let r = srv.post(&format!("/api/message/{s}"), &good).await;

@@ -59,8 +59,9 @@ pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
 use crate::clock::{Clock, Cursor};
 use crate::metrics::Metrics;
 use crate::render;
+use crate::store::ErrorKind;
 use crate::store::{MessageRow, Op, SessionRow, UserRow};
-use crate::writer::{Ack, WriterHandle};
+use crate::writer::{Commit, Outcome, Refusal, WriterHandle};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -102,6 +103,10 @@ pub enum EngineError {
     /// The write queue is at `--max-pending`.
     #[error("the write queue is full (--max-pending); retry shortly")]
     QueueFull,
+    /// The store has not taken a write for longer than `--max-write-lag`: nothing more is
+    /// acknowledged from memory until it does.
+    #[error("the store has not taken writes for longer than --max-write-lag; nothing was changed, retry shortly")]
+    StoreStalled,
     /// The store is known to be unreachable, so a change that must be durable was refused before
     /// anything changed.
     #[error("the store is unreachable; nothing was changed, try again shortly")]
@@ -109,17 +114,37 @@ pub enum EngineError {
     /// The writer stopped (the server is shutting down) before confirming the write.
     #[error("the store is unavailable; the write was not confirmed")]
     WriteUnconfirmed,
+    /// The store refused the write for good; it was set aside in the dead-letter file.
+    #[error("the store refused this write; it was set aside for an operator (dead-letter file)")]
+    StoreRefused,
 }
 
 /// Why the server is not ready for traffic (`/readyz`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
-    /// The last store write or ping failed.
-    #[error("not ready: the store is unreachable")]
-    StoreUnreachable,
+    /// The last store call failed: what kind of failure, and what the store said.
+    #[error("not ready: the store is {}: {cause}", describe_kind(*.kind))]
+    StoreFailing {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// The store's own words.
+        cause: String,
+    },
     /// The write queue is at `--max-pending`.
     #[error("not ready: the write queue is at --max-pending")]
     QueueFull,
+}
+
+/// A failure kind in the words of `/readyz`.
+fn describe_kind(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unreachable => "unreachable",
+        ErrorKind::Full => "full (no space left)",
+        ErrorKind::Busy => "busy (locked or out of resources)",
+        ErrorKind::ReadOnly => "read-only",
+        ErrorKind::Rejected => "refusing writes",
+        ErrorKind::Other => "failing",
+    }
 }
 
 /// The answer to a poll, besides the messages.
@@ -157,8 +182,12 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Waits for the commit of a durable op.
-async fn committed(ack: Ack) -> Result<(), EngineError> {
-    ack.await.map_err(|_| EngineError::WriteUnconfirmed)
+async fn committed(commit: &Commit) -> Result<(), EngineError> {
+    match commit.wait().await {
+        Outcome::Committed => Ok(()),
+        Outcome::Refused => Err(EngineError::StoreRefused),
+        Outcome::Unconfirmed => Err(EngineError::WriteUnconfirmed),
+    }
 }
 
 impl Engine {
@@ -184,8 +213,8 @@ impl Engine {
 
     /// Whether the server can take traffic: the store answers and the write queue has room.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        if !self.writer.is_healthy() {
-            Err(NotReady::StoreUnreachable)
+        if let Some(e) = self.writer.failure() {
+            Err(NotReady::StoreFailing { kind: e.kind(), cause: e.to_string() })
         } else if self.writer.is_full() {
             Err(NotReady::QueueFull)
         } else {
@@ -204,6 +233,11 @@ impl Engine {
 
     fn user_arc(&self, id: i64) -> Option<Arc<User>> {
         self.user_shard(id).users.read().get(&id).cloned()
+    }
+
+    /// A user as the API may see it: one whose creation is in the store.
+    fn stored_user(&self, id: i64) -> Option<Arc<User>> {
+        self.user_arc(id).filter(|u| u.is_stored())
     }
 
     /// A live session.
@@ -227,72 +261,96 @@ impl Engine {
 
     // ---- users -------------------------------------------------------------------------------
 
-    /// Creates a user, or returns the existing one with that `uuid` unchanged.
+    /// Creates a user, or returns the existing one with that `uuid` unchanged. Either way it
+    /// answers only once the user is in the store: a second create of a uuid whose first create
+    /// is still being written waits for that write, and fails with it.
     pub async fn create_user(&self, uuid: &str, display_name: &str) -> Result<UserView, EngineError> {
-        let (view, ack) = {
+        let (user, new) = {
             let _admin = self.admin.lock();
-            if let Some(u) = self.by_uuid.get(uuid) {
-                return Ok(u.view());
+            match self.by_uuid.get(uuid).map(|u| u.clone()) {
+                Some(existing) => (existing, false),
+                None => {
+                    self.require_store()?;
+                    let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
+                    let created = self.writer.submit_durable(Op::UpsertUser(UserRow {
+                        id,
+                        uuid: uuid.to_owned(),
+                        display_name: display_name.to_owned(),
+                        left_ns: None,
+                    }));
+                    let capacity = self.config.mailbox_capacity;
+                    let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), capacity, Some(created)));
+                    self.user_shard(id).users.write().insert(id, user.clone());
+                    self.by_uuid.insert(uuid.to_owned(), user.clone());
+                    (user, true)
+                }
             }
-            self.require_store()?;
-            let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
-            let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), self.config.mailbox_capacity));
-            let ack = self.writer.submit_durable(Op::UpsertUser(UserRow {
-                id,
-                uuid: uuid.to_owned(),
-                display_name: display_name.to_owned(),
-                left_ns: None,
-            }));
-            self.user_shard(id).users.write().insert(id, user.clone());
-            self.by_uuid.insert(uuid.to_owned(), user.clone());
-            (user.view(), ack)
         };
-        committed(ack).await?;
-        Ok(view)
+        if let Some(created) = user.creation() {
+            let outcome = committed(created).await;
+            if new && outcome == Err(EngineError::StoreRefused) {
+                self.forget_user(&user);
+            }
+            outcome?;
+        }
+        Ok(user.view())
+    }
+
+    /// Takes a user whose creation the store refused back out of memory.
+    fn forget_user(&self, user: &Arc<User>) {
+        let _admin = self.admin.lock();
+        let mut users = self.user_shard(user.id).users.write();
+        if users.get(&user.id).is_some_and(|u| Arc::ptr_eq(u, user)) {
+            users.remove(&user.id);
+            self.by_uuid.remove_if(&user.uuid, |_, u| Arc::ptr_eq(u, user));
+        }
     }
 
     /// One user by id.
     pub fn user(&self, id: i64) -> Result<UserView, EngineError> {
-        self.user_arc(id).map(|u| u.view()).ok_or(EngineError::NoSuchUser("user_id"))
+        self.stored_user(id).map(|u| u.view()).ok_or(EngineError::NoSuchUser("user_id"))
     }
 
     /// One user by external id.
     pub fn user_by_uuid(&self, uuid: &str) -> Result<UserView, EngineError> {
-        self.by_uuid.get(uuid).map(|u| u.view()).ok_or(EngineError::NoSuchUser("uuid"))
+        self.by_uuid.get(uuid).filter(|u| u.is_stored()).map(|u| u.view()).ok_or(EngineError::NoSuchUser("uuid"))
     }
 
     /// All users, by id.
     pub fn users(&self) -> Vec<UserView> {
-        let mut all: Vec<UserView> =
-            self.shards.iter().flat_map(|s| s.users.read().values().map(|u| u.view()).collect::<Vec<_>>()).collect();
+        let mut all: Vec<UserView> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.users.read().values().filter(|u| u.is_stored()).map(|u| u.view()).collect::<Vec<_>>())
+            .collect();
         all.sort_unstable_by_key(|u| u.id);
         all
     }
 
     /// Sets a user's display name.
     pub async fn update_user(&self, id: i64, display_name: &str) -> Result<UserView, EngineError> {
-        let (view, ack) = {
+        let (view, commit) = {
             let _admin = self.admin.lock();
-            let user = self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            let user = self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.require_store()?;
             user.set_display_name(display_name.into());
-            let ack = self.writer.submit_durable(Op::UpsertUser(UserRow {
+            let commit = self.writer.submit_durable(Op::UpsertUser(UserRow {
                 id,
                 uuid: user.uuid.clone(),
                 display_name: display_name.to_owned(),
                 left_ns: user.mailbox.watermark(),
             }));
-            (user.view(), ack)
+            (user.view(), commit)
         };
-        committed(ack).await?;
+        committed(&commit).await?;
         Ok(view)
     }
 
     /// Deletes a user with their sessions, contacts and mailbox.
     pub async fn delete_user(&self, id: i64) -> Result<(), EngineError> {
-        let ack = {
+        let commit = {
             let _admin = self.admin.lock();
-            self.user_arc(id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.require_store()?;
             let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.by_uuid.remove(&user.uuid);
@@ -306,45 +364,55 @@ impl Engine {
             }
             self.writer.submit_durable(Op::DeleteUser { id })
         };
-        committed(ack).await
+        committed(&commit).await
     }
 
     // ---- sessions ----------------------------------------------------------------------------
 
     /// Opens a session for a user.
     pub async fn open_session(&self, user_id: i64) -> Result<SessionView, EngineError> {
-        let (view, ack) = {
+        let session = {
             let _admin = self.admin.lock();
-            let user = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            let user = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.require_store()?;
             let uuid = SessionId::random();
             let now = self.clock.next();
-            let session = Arc::new(Session::new(uuid, user.clone(), now, now));
-            let ack = self.writer.submit_durable(Op::InsertSession(SessionRow {
+            let created = self.writer.submit_durable(Op::InsertSession(SessionRow {
                 uuid: uuid.0,
                 user_id,
                 created_ns: now,
                 last_active_ns: now,
             }));
+            let session = Arc::new(Session::new(uuid, user.clone(), now, now, Some(created.clone())));
             user.add_session(uuid);
             self.session_shard(uuid).sessions.write().insert(uuid, session.clone());
-            (session.view(), ack)
+            (session, created)
         };
-        committed(ack).await?;
-        Ok(view)
+        let (session, created) = session;
+        let outcome = committed(&created).await;
+        if outcome == Err(EngineError::StoreRefused) {
+            let _admin = self.admin.lock();
+            self.session_shard(session.uuid).sessions.write().remove(&session.uuid);
+            session.user.remove_session(session.uuid);
+        }
+        outcome?;
+        Ok(session.view())
     }
 
     /// All live sessions, oldest first.
     pub fn sessions(&self) -> Vec<SessionView> {
-        let mut all: Vec<Arc<Session>> =
-            self.shards.iter().flat_map(|s| s.sessions.read().values().cloned().collect::<Vec<_>>()).collect();
+        let mut all: Vec<Arc<Session>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.sessions.read().values().filter(|s| s.is_stored()).cloned().collect::<Vec<_>>())
+            .collect();
         all.sort_unstable_by_key(|s| (s.created, s.uuid));
         all.iter().map(|s| s.view()).collect()
     }
 
     /// Closes a session.
     pub async fn close_session(&self, uuid: SessionId) -> Result<(), EngineError> {
-        let ack = {
+        let commit = {
             let _admin = self.admin.lock();
             self.session(uuid)?;
             self.require_store()?;
@@ -352,7 +420,7 @@ impl Engine {
             session.user.remove_session(uuid);
             self.writer.submit_durable(Op::DeleteSession { uuid: uuid.0 })
         };
-        committed(ack).await
+        committed(&commit).await
     }
 
     // ---- contacts ----------------------------------------------------------------------------
@@ -363,14 +431,14 @@ impl Engine {
             .user
             .contact_ids()
             .into_iter()
-            .filter_map(|id| self.user_arc(id))
+            .filter_map(|id| self.stored_user(id))
             .map(|u| ContactView { is_online: u.is_online(), user: u.view(), is_typing: false })
             .collect()
     }
 
     /// Makes the session's user and `user_id` contacts of each other (idempotent).
     pub async fn add_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
-        let ack = {
+        let commit = {
             let _admin = self.admin.lock();
             let (me, other) = self.contact_pair(session, user_id)?;
             if me.id == other.id {
@@ -384,12 +452,12 @@ impl Engine {
             other.add_contact(me.id);
             self.writer.submit_durable(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) })
         };
-        committed(ack).await
+        committed(&commit).await
     }
 
     /// Removes the contact pair both ways (idempotent).
     pub async fn remove_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
-        let ack = {
+        let commit = {
             let _admin = self.admin.lock();
             let (me, other) = self.contact_pair(session, user_id)?;
             if !me.has_contact(other.id) {
@@ -400,7 +468,7 @@ impl Engine {
             other.remove_contact(me.id);
             self.writer.submit_durable(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) })
         };
-        committed(ack).await
+        committed(&commit).await
     }
 
     /// The session's user and the user `user_id`, both still there (under the admin lock).
@@ -408,7 +476,7 @@ impl Engine {
         if !self.is_live(session) {
             return Err(EngineError::NoSuchSession);
         }
-        let other = self.user_arc(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
+        let other = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
         Ok((&session.user, other))
     }
 
@@ -434,10 +502,11 @@ impl Engine {
         body: &str,
         attachments: Option<String>,
     ) -> Result<Bytes, EngineError> {
-        let receiver = self.user_arc(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
-        if self.writer.is_full() {
-            return Err(EngineError::QueueFull);
-        }
+        let receiver = self.stored_user(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
+        self.writer.admit_send().map_err(|r| match r {
+            Refusal::QueueFull => EngineError::QueueFull,
+            Refusal::StoreStalled => EngineError::StoreStalled,
+        })?;
         let sender = &session.user;
         let uuid: u128 = rand::random();
         let (created, json) = {
@@ -464,7 +533,7 @@ impl Engine {
         });
         self.metrics.messages_sent.inc();
         if self.config.durable_acks {
-            committed(self.writer.submit_durable(op)).await?;
+            committed(&self.writer.submit_durable(op)).await?;
         } else {
             self.writer.submit(op);
         }

@@ -18,8 +18,13 @@ impl Engine {
         let mut max_id = snapshot.max_user_id;
         for row in snapshot.users {
             max_id = max_id.max(row.id);
-            let user =
-                Arc::new(User::new(row.id, row.uuid.clone(), row.display_name.into(), self.config.mailbox_capacity));
+            let user = Arc::new(User::new(
+                row.id,
+                row.uuid.clone(),
+                row.display_name.into(),
+                self.config.mailbox_capacity,
+                None,
+            ));
             if let Some(ns) = row.left_ns {
                 user.mailbox.lock().mark_left(ns);
             }
@@ -38,7 +43,7 @@ impl Engine {
             self.clock.advance_past(row.created_ns);
             let uuid = SessionId(row.uuid);
             user.add_session(uuid);
-            let session = Arc::new(Session::new(uuid, user, row.created_ns, row.last_active_ns));
+            let session = Arc::new(Session::new(uuid, user, row.created_ns, row.last_active_ns, None));
             self.session_shard(uuid).sessions.write().insert(uuid, session);
         }
         for m in snapshot.messages {

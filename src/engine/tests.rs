@@ -1,12 +1,12 @@
 use super::*;
 use crate::store::memory::MemoryStore;
 use crate::store::{MessageRow, Op, SessionRow, Snapshot, UserRow};
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterConfig};
 use std::collections::HashMap;
 
 fn engine(capacity: usize, shards: usize) -> (Writer, Arc<Engine>) {
     let metrics = Arc::new(Metrics::new(&["x"]));
-    let writer = Writer::start(Box::new(MemoryStore), 1_000_000, metrics.clone()).unwrap();
+    let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(1_000_000), metrics.clone()).unwrap();
     let config = EngineConfig {
         shards,
         mailbox_capacity: capacity,
@@ -202,6 +202,9 @@ impl crate::store::Store for Gated {
     fn ping(&mut self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }
+    fn probe(&mut self) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
 }
 
 #[test]
@@ -212,7 +215,7 @@ fn send_rejects_when_queue_full_and_unknown_receiver() {
         gate.1.notify_all();
     };
     let metrics = Arc::new(Metrics::new(&["x"]));
-    let writer = Writer::start(Box::new(Gated(gate.clone())), 2, metrics.clone()).unwrap();
+    let writer = Writer::start(Box::new(Gated(gate.clone())), WriterConfig::new(2), metrics.clone()).unwrap();
     // Dropped before `writer` (reverse order): a failed assertion opens the gate, so stopping
     // the writer cannot hang the test.
     struct OpenOnDrop(Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>);

@@ -3,6 +3,7 @@
 use super::EngineError;
 use crate::mailbox::Mailbox;
 use crate::render;
+use crate::writer::{Commit, Outcome};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -53,11 +54,14 @@ pub struct User {
     pub mailbox: Mailbox,
     contacts: Mutex<BTreeSet<i64>>,
     sessions: Mutex<Vec<SessionId>>,
+    /// The write that creates the user in the store; `None` when it came from the store.
+    created: Option<Arc<Commit>>,
 }
 
 impl User {
-    /// A user with an empty mailbox of `capacity`.
-    pub fn new(id: i64, uuid: String, display_name: Arc<str>, capacity: usize) -> Self {
+    /// A user with an empty mailbox of `capacity`; `created` is the commit of the write that
+    /// creates it, `None` for a user restored from the store.
+    pub fn new(id: i64, uuid: String, display_name: Arc<str>, capacity: usize, created: Option<Arc<Commit>>) -> Self {
         Self {
             id,
             uuid,
@@ -65,7 +69,19 @@ impl User {
             mailbox: Mailbox::new(capacity),
             contacts: Mutex::new(BTreeSet::new()),
             sessions: Mutex::new(Vec::new()),
+            created,
         }
+    }
+
+    /// Whether the user is in the store: only such a user is shown or used by the API, so that
+    /// nothing answered depends on a write that may yet fail.
+    pub fn is_stored(&self) -> bool {
+        self.created.as_ref().is_none_or(|c| c.outcome() == Some(Outcome::Committed))
+    }
+
+    /// The commit that creates the user, while it may still be pending.
+    pub(crate) fn creation(&self) -> Option<&Arc<Commit>> {
+        self.created.as_ref()
     }
 
     /// The user as the API shows it.
@@ -131,6 +147,8 @@ pub struct Session {
     last_active: AtomicI64,
     /// The `last_active` the store has (or has been sent).
     persisted_active: AtomicI64,
+    /// The write that creates the session in the store; `None` when it came from the store.
+    created_in_store: Option<Arc<Commit>>,
 }
 
 /// `last_active` is only stored when it moved by at least this much, so a hot session's
@@ -138,15 +156,21 @@ pub struct Session {
 const TOUCH_GRANULARITY_NS: i64 = 1_000_000;
 
 impl Session {
-    /// A session as restored or created.
-    pub fn new(uuid: SessionId, user: Arc<User>, created: i64, last_active: i64) -> Self {
+    /// A session as restored (`stored: None`) or created (`stored`: the commit that creates it).
+    pub fn new(uuid: SessionId, user: Arc<User>, created: i64, last_active: i64, stored: Option<Arc<Commit>>) -> Self {
         Self {
             uuid,
             user,
             created,
             last_active: AtomicI64::new(last_active),
             persisted_active: AtomicI64::new(last_active),
+            created_in_store: stored,
         }
+    }
+
+    /// Whether the session is in the store (see [`User::is_stored`]).
+    pub fn is_stored(&self) -> bool {
+        self.created_in_store.as_ref().is_none_or(|c| c.outcome() == Some(Outcome::Committed))
     }
 
     /// When the session last polled or sent (ns).

@@ -46,9 +46,12 @@ impl ApiError {
             ApiError::Engine(e) => match e {
                 EngineError::NoSuchSession | EngineError::NoSuchUser(_) => StatusCode::NOT_FOUND,
                 EngineError::NoSuchReceiver | EngineError::SelfContact => StatusCode::BAD_REQUEST,
-                EngineError::QueueFull | EngineError::StoreUnreachable | EngineError::WriteUnconfirmed => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                EngineError::QueueFull
+                | EngineError::StoreStalled
+                | EngineError::StoreUnreachable
+                | EngineError::WriteUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
+                // Only a write that passed validation reaches the store: its refusal is ours.
+                EngineError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

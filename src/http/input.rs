@@ -64,9 +64,16 @@ fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<C
     .transpose()
 }
 
-fn check_len(s: &str, field: &'static str, max: usize) -> Result<(), ApiError> {
+/// A text field that will be stored: at most `max` characters, and no U+0000. PostgreSQL cannot
+/// hold NUL in a text column, so a NUL is refused here, for every store alike, rather than let
+/// into memory and then rejected by the store. (Inside `attachments` a NUL is fine: the JSON
+/// text stores it escaped, as `\u0000`.)
+fn check_text(s: &str, field: &'static str, max: usize) -> Result<(), ApiError> {
     if s.chars().count() > max {
         return Err(ApiError::bad_request(format!("{field}: longer than {max} characters")));
+    }
+    if s.contains('\0') {
+        return Err(ApiError::bad_request(format!("{field}: must not contain U+0000 (NUL)")));
     }
     Ok(())
 }
@@ -95,9 +102,9 @@ pub fn new_user(body: &[u8]) -> Result<NewUser<'_>, ApiError> {
     if uuid.is_empty() {
         return Err(ApiError::bad_request("uuid: must not be empty"));
     }
-    check_len(&uuid, "uuid", MAX_UUID_CHARS)?;
+    check_text(&uuid, "uuid", MAX_UUID_CHARS)?;
     let display_name = string(raw.display_name, "display_name")?.unwrap_or_default();
-    check_len(&display_name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
+    check_text(&display_name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
     Ok(NewUser { uuid, display_name })
 }
 
@@ -106,7 +113,7 @@ pub fn display_name(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     let raw: RawUser<'_> = object(body)?;
     let name =
         string(raw.display_name, "display_name")?.ok_or_else(|| ApiError::bad_request("display_name: required"))?;
-    check_len(&name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
+    check_text(&name, "display_name", MAX_DISPLAY_NAME_CHARS)?;
     Ok(name)
 }
 
@@ -140,7 +147,7 @@ pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
             .map_err(|_| ApiError::bad_request("receiver_id: must be an integer"))?,
     };
     let text = string(raw.body, "body")?.ok_or_else(|| ApiError::bad_request("body: required"))?;
-    check_len(&text, "body", MAX_BODY_CHARS)?;
+    check_text(&text, "body", MAX_BODY_CHARS)?;
     let attachments = match raw.attachments {
         None => None,
         Some(r) if r.get().trim_start().starts_with('{') => {
@@ -200,6 +207,9 @@ mod tests {
         assert!(msg_err("").starts_with("request body"));
         assert!(new_message(b"{\"receiver_id\": 9, \"body\": \"\xff\"}").unwrap_err().message().contains("UTF-8"));
         assert!(msg_err(r#"{"receiver_id": 9, "body": "\ud800"}"#).starts_with("body"), "lone surrogate");
+        assert_eq!(msg_err(r#"{"receiver_id": 9, "body": "a\u0000b"}"#), "body: must not contain U+0000 (NUL)");
+        let m = new_message(br#"{"receiver_id": 9, "body": "", "attachments": {"k\u0000": "v\u0000"}}"#).unwrap();
+        assert_eq!(m.attachments.as_deref(), Some(r#"{"k\u0000":"v\u0000"}"#), "stored escaped, as JSON text");
     }
 
     #[test]
@@ -217,6 +227,9 @@ mod tests {
         assert!(err(&format!(r#"{{"uuid": "a", "display_name": "{}"}}"#, "n".repeat(257))).starts_with("display_name"));
         assert!(err(r#"{"uuid": "a", "display_name": 1}"#).starts_with("display_name"));
         assert!(display_name(br#"{}"#).unwrap_err().message().starts_with("display_name: required"));
+        assert_eq!(err(r#"{"uuid": "a\u0000"}"#), "uuid: must not contain U+0000 (NUL)");
+        assert_eq!(err(r#"{"uuid": "a", "display_name": "\u0000"}"#), "display_name: must not contain U+0000 (NUL)");
+        assert!(display_name(br#"{"display_name": "x\u0000"}"#).unwrap_err().message().contains("NUL"));
     }
 
     #[test]

@@ -26,4 +26,8 @@ impl Store for MemoryStore {
     fn ping(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -40,6 +40,11 @@ pub const IS_APPLIED: &str = "SELECT 1 FROM schema_migrations WHERE version = $1
 /// Records version `$1`, named `$2`, applied at `$3` (ns).
 pub const RECORD: &str = "INSERT INTO schema_migrations (version, name, applied_ns) VALUES ($1, $2, $3)";
 
+/// A write that changes nothing a reader sees, for `Store::probe`: the newest migration's row
+/// rewritten with its own values. Both stores write (and log) a new row version for it.
+pub const PROBE: &str = "UPDATE schema_migrations SET applied_ns = applied_ns
+    WHERE version = (SELECT max(version) FROM schema_migrations)";
+
 /// What the runner needs of a store's connection. Errors are one line of text; the runner adds
 /// which store and which migration.
 pub trait Target {
@@ -54,11 +59,11 @@ pub trait Target {
 /// Applies the migrations of `all` not applied yet, in order. `store` names the store in errors
 /// and logs.
 pub fn run(store: &str, target: &mut dyn Target, all: &[Migration]) -> Result<(), StoreError> {
-    target.execute(CREATE_TABLE).map_err(|e| StoreError::Other(format!("{store}: creating schema_migrations: {e}")))?;
+    target.execute(CREATE_TABLE).map_err(|e| StoreError::other(format!("{store}: creating schema_migrations: {e}")))?;
     for m in all {
         let applied = target
             .apply_once(m, Clock::wall_ns())
-            .map_err(|e| StoreError::Other(format!("{store}: migration {:04}_{}: {e}", m.version, m.name)))?;
+            .map_err(|e| StoreError::other(format!("{store}: migration {:04}_{}: {e}", m.version, m.name)))?;
         if applied {
             tracing::info!(store, version = m.version, name = m.name, "applied migration");
         }

@@ -17,10 +17,11 @@ pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A user as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRow {
     /// Server-chosen positive id.
     pub id: i64,
@@ -34,7 +35,7 @@ pub struct UserRow {
 }
 
 /// A session as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRow {
     /// 128 random bits; rendered as 32 lowercase hex digits.
     pub uuid: u128,
@@ -47,7 +48,7 @@ pub struct SessionRow {
 }
 
 /// A message as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRow {
     /// 128 random bits.
     pub uuid: u128,
@@ -63,8 +64,10 @@ pub struct MessageRow {
     pub attachments: Option<String>,
 }
 
-/// One mutation, in the order the engine made it. Every op is idempotent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One mutation, in the order the engine made it. Every op is idempotent. Serialisable, for the
+/// spill and dead-letter files (JSON lines, one op each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Insert the user, or update its display name.
     UpsertUser(UserRow),
@@ -132,19 +135,80 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
 }
 
-/// Errors at the store boundary.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database URL names no store chatbus knows.
-    #[error("unsupported database url {0:?} (expected sqlite:PATH, postgres://..., or memory:)")]
-    BadUrl(String),
-    /// SQLite said no.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// Anything else, already described with its context on one line (PostgreSQL's errors with
-    /// the server and the call, a corrupt row, a failed migration).
-    #[error("{0}")]
-    Other(String),
+/// What kind of failure a store reported: it decides what the writer does next (see
+/// [`crate::writer`]) and labels `store_errors_total` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The store cannot be reached: connection refused or lost, server starting or stopping, no
+    /// answer in time. Retried with backoff.
+    Unreachable,
+    /// No space left (disk or quota full). Retried with backoff, in smaller batches.
+    Full,
+    /// A lock is held elsewhere, or the server is short of resources. Retried with backoff.
+    Busy,
+    /// The store is read-only (file permissions, a read-only transaction or standby). Retried
+    /// with backoff; at start, a one-line error.
+    ReadOnly,
+    /// The store refused the data itself (bad encoding, a violated constraint): retrying the same
+    /// op can never succeed. The writer bisects the batch and sets the op aside.
+    Rejected,
+    /// Anything else (an I/O error, a corrupt file). Retried with backoff.
+    Other,
+}
+
+impl ErrorKind {
+    /// The label in metrics and the word in messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Full => "full",
+            ErrorKind::Busy => "busy",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Every kind, for metrics resolved up front.
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Unreachable,
+        ErrorKind::Full,
+        ErrorKind::Busy,
+        ErrorKind::ReadOnly,
+        ErrorKind::Rejected,
+        ErrorKind::Other,
+    ];
+}
+
+/// An error at the store boundary: its [`ErrorKind`] and one line saying what failed, doing what,
+/// where (never a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    /// An error of `kind` described by `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// An error no retry or operator action at the store explains (a bad URL, a corrupt row).
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Other, message)
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+/// A URL no store understands.
+fn bad_url(url: &str) -> StoreError {
+    StoreError::other(format!("unsupported database url {url:?} (expected sqlite:PATH, postgres://..., or memory:)"))
 }
 
 /// A place the engine's state lives between runs. Used from one thread, the writer's.
@@ -166,6 +230,11 @@ pub trait Store: Send {
 
     /// Cheap check that the store is reachable (for `/readyz` after a failure).
     fn ping(&mut self) -> Result<(), StoreError>;
+
+    /// Proves the store writable: commits a write (one that changes nothing a reader sees). A
+    /// store that opens but cannot be written (a read-only file, a read-only server) fails here,
+    /// at start, instead of acknowledging writes it will never hold.
+    fn probe(&mut self) -> Result<(), StoreError>;
 }
 
 /// Opens (and migrates) the store a `--database-url` names.
@@ -174,12 +243,12 @@ pub fn open(url: &str, options: &StoreOptions) -> Result<Box<dyn Store>, StoreEr
         Ok(Box::new(memory::MemoryStore))
     } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
-            return Err(StoreError::BadUrl(url.to_owned()));
+            return Err(bad_url(url));
         }
         Ok(Box::new(sqlite::SqliteStore::open(path, options)?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Box::new(postgres::PostgresStore::open(url, options)?))
     } else {
-        Err(StoreError::BadUrl(url.to_owned()))
+        Err(bad_url(url))
     }
 }

@@ -5,8 +5,30 @@
 //! `synchronous=FULL`, so an acknowledged write survives a power loss too.
 
 use super::migrations::{self, Migration};
-use super::{MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::{ErrorKind, MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::new(kind_of(&e), format!("sqlite: {e}"))
+    }
+}
+
+/// What an SQLite error says about the store (see [`ErrorKind`]).
+fn kind_of(e: &rusqlite::Error) -> ErrorKind {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DiskFull => ErrorKind::Full,
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => ErrorKind::Busy,
+            ErrorCode::ReadOnly | ErrorCode::PermissionDenied => ErrorKind::ReadOnly,
+            ErrorCode::CannotOpen => ErrorKind::Unreachable,
+            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => ErrorKind::Rejected,
+            _ => ErrorKind::Other,
+        },
+        rusqlite::Error::ToSqlConversionFailure(_) => ErrorKind::Rejected,
+        _ => ErrorKind::Other,
+    }
+}
 
 /// A 128-bit id as the text column holds it: 32 lowercase hex digits, as the API writes it.
 fn hex(uuid: u128) -> String {
@@ -32,7 +54,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Other(format!("sqlite: could not enable WAL (got {mode})")));
+            return Err(StoreError::other(format!("sqlite: could not enable WAL (got {mode})")));
         }
         conn.pragma_update(None, "synchronous", if options.durable { "FULL" } else { "NORMAL" })?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -65,7 +87,7 @@ impl migrations::Target for Migrations<'_> {
 }
 
 fn bad_row(what: &str) -> StoreError {
-    StoreError::Other(format!("sqlite: corrupt row in {what}"))
+    StoreError::other(format!("sqlite: corrupt row in {what}"))
 }
 
 impl Store for SqliteStore {
@@ -195,6 +217,13 @@ impl Store for SqliteStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(migrations::PROBE, [])?;
+        tx.commit()?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! setup (staging table, prepared statements), the one connection the store keeps, and telling
 //! a lost connection from a failed statement.
 
-use super::StoreError;
+use super::{ErrorKind, StoreError};
 use std::error::Error as _;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -167,7 +167,10 @@ impl Link {
             Some(conn) => conn,
             empty => {
                 let fresh = connect(&self.config, self.durable).await.map_err(|e| {
-                    StoreError::Other(format!("postgres: connecting to {}: {}", self.target, describe(&e)))
+                    StoreError::new(
+                        ErrorKind::Unreachable,
+                        format!("postgres: connecting to {}: {}", self.target, describe(&e)),
+                    )
                 })?;
                 empty.insert(fresh)
             }
@@ -189,10 +192,10 @@ impl Link {
             Ok(Err(error)) => error,
             Err(limit) => {
                 self.conn = None;
-                return Err(StoreError::Other(format!(
-                    "postgres: {what}: no answer from {} within {limit:?}; reconnecting",
-                    self.target
-                )));
+                return Err(StoreError::new(
+                    ErrorKind::Unreachable,
+                    format!("postgres: {what}: no answer from {} within {limit:?}; reconnecting", self.target),
+                ));
             }
         };
         self.conn = None;
@@ -200,7 +203,7 @@ impl Link {
             tracing::info!(error = %describe(&error), "postgres connection lost; reconnecting");
             return Ok(None);
         }
-        Err(StoreError::Other(format!("postgres: {what}: {}", describe(&error))))
+        Err(StoreError::new(kind_of(&error), format!("postgres: {what}: {}", describe(&error))))
     }
 }
 
@@ -227,11 +230,10 @@ pub(super) async fn dial_waiting(link: &Link, wait: Duration) -> Result<(Client,
             }
             Err(e) => {
                 let tries = if attempts > 1 { format!(" ({attempts} attempts in {wait:?})") } else { String::new() };
-                return Err(StoreError::Other(format!(
-                    "postgres: cannot connect to {}{tries}: {}",
-                    link.target,
-                    describe(&e)
-                )));
+                return Err(StoreError::new(
+                    kind_of(&e),
+                    format!("postgres: cannot connect to {}{tries}: {}", link.target, describe(&e)),
+                ));
             }
         }
     }
@@ -278,6 +280,28 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
                     .contains(db.code())
         }
         None => e.source().is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// What a PostgreSQL error says about the store (see [`ErrorKind`]), by SQLSTATE class.
+pub(super) fn kind_of(e: &tokio_postgres::Error) -> ErrorKind {
+    if connection_lost(e) {
+        return ErrorKind::Unreachable;
+    }
+    let Some(code) = e.code() else { return ErrorKind::Other };
+    let code = code.code();
+    match &code[..2] {
+        _ if code == SqlState::DISK_FULL.code() => ErrorKind::Full,
+        _ if code == SqlState::READ_ONLY_SQL_TRANSACTION.code() => ErrorKind::ReadOnly,
+        _ if code == SqlState::LOCK_NOT_AVAILABLE.code() => ErrorKind::Busy,
+        // Connection exceptions, operator intervention (shutdown, cannot connect now).
+        "08" | "57" => ErrorKind::Unreachable,
+        // Insufficient resources, transaction rollback (serialization failure, deadlock).
+        "53" | "40" => ErrorKind::Busy,
+        // Data exceptions (e.g. invalid byte sequence for encoding "UTF8": 0x00), integrity
+        // constraint violations: the data itself is refused.
+        "22" | "23" => ErrorKind::Rejected,
+        _ => ErrorKind::Other,
     }
 }
 

@@ -53,7 +53,7 @@ mod load;
 mod write;
 
 use super::migrations::{self, Migration};
-use super::{Op, Snapshot, Store, StoreError, StoreOptions};
+use super::{ErrorKind, Op, Snapshot, Store, StoreError, StoreOptions};
 use bytes::BytesMut;
 use conn::{Conn, Link, CONNECT_ATTEMPT, PING_TIMEOUT};
 use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
@@ -115,7 +115,7 @@ impl PostgresStore {
     /// libpq's `key=value` form), waiting up to `options.connect_timeout` for it, and migrates.
     pub fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::Other(format!("postgres: bad database url: {}", conn::describe(&e)))
+            StoreError::other(format!("postgres: bad database url: {}", conn::describe(&e)))
         })?;
         if config.get_application_name().is_none() {
             config.application_name("chatbus");
@@ -124,14 +124,14 @@ impl PostgresStore {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Other(format!("postgres: cannot start the client runtime: {e}")))?;
+            .map_err(|e| StoreError::other(format!("postgres: cannot start the client runtime: {e}")))?;
         let target = conn::target(&config);
         let mut link = Link { config, durable: options.durable, target, conn: None };
         let wait = options.connect_timeout;
         let (mut client, task) = block_on(&runtime, || conn::dial_waiting(&link, wait))?;
         migrate(&runtime, &mut client, &link.target)?;
         let statements = block_on(&runtime, || conn::setup(&client, link.durable)).map_err(|e| {
-            StoreError::Other(format!("postgres: setting up the session on {}: {}", link.target, conn::describe(&e)))
+            StoreError::other(format!("postgres: setting up the session on {}: {}", link.target, conn::describe(&e)))
         })?;
         link.conn = Some(Conn { client, statements, task });
         Ok(Self { link, runtime: OwnRuntime(Some(runtime)) })
@@ -167,7 +167,7 @@ impl PostgresStore {
 /// version applied.
 fn migrate(runtime: &Runtime, client: &mut Client, target: &str) -> Result<(), StoreError> {
     let fail = |what: &str, e: tokio_postgres::Error| {
-        StoreError::Other(format!("postgres: {what} on {target}: {}", conn::describe(&e)))
+        StoreError::other(format!("postgres: {what} on {target}: {}", conn::describe(&e)))
     };
     block_on(runtime, || client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]))
         .map_err(|e| fail("taking the migration lock", e))?;
@@ -233,6 +233,12 @@ impl Store for PostgresStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         self.call("ping", Some(PING_TIMEOUT), async |conn| conn.client.simple_query("SELECT 1").await.map(drop))
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.call("proving the store writable", Some(OP_TIMEOUT), async |conn| {
+            conn.client.execute(migrations::PROBE, &[]).await.map(drop)
+        })
     }
 }
 
