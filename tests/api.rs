@@ -1,519 +1,26 @@
-//! The HTTP contract (`API.md`) over real HTTP, against an in-process server with a fresh SQLite
-//! store per test: every route's exact answer, the envelope and its headers on every answer, the
-//! "Limits and bad input" table, the precedence of errors, the messages cursor and gap, and
-//! HTTP/1.1 keep-alive (also pipelined, on a raw socket).
+//! The HTTP contract (the README's API section) over real HTTP, against an in-process server
+//! with a fresh SQLite store per test: every route's exact answer, the envelope and its headers on
+//! every answer, the limits and bad input, the precedence of errors, the messages cursor and gap,
+//! and HTTP/1.1 keep-alive (also pipelined, on a raw socket).
 //!
-//! Every answer goes through [`Srv::call`], which checks what the contract says of *every*
-//! answer: `Access-Control-Allow-Origin: *`; JSON with `Content-Type: application/json;
-//! charset=utf-8` and `meta.http_code` equal to the status (except `/metrics` and `204`);
-//! errors with a non-empty `message` and no `response`; `405` with an `Allow` header.
+//! Every answer goes through the one client of `support::client`, which checks what the contract
+//! says of *every* answer: `Access-Control-Allow-Origin: *`; JSON with `Content-Type:
+//! application/json; charset=utf-8` and `meta.http_code` equal to the status (except `/metrics`
+//! and `204`); errors with exactly `http_code` and a non-empty `message` and no `response`; `405`
+//! with an `Allow` header. What does not depend on the store runs on SQLite only; the scenarios
+//! that do run on both stores (`scenarios.rs`).
 
-mod common;
+mod support;
 
-use common::{config, temp_sqlite, TestServer};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const JSON_CT: &str = "application/json; charset=utf-8";
-const NS: i128 = 1_000_000_000;
-/// A body over the 64 KiB limit.
-const TOO_LARGE: usize = 64 * 1024 + 1;
-/// A session id no server handed out (but well-formed).
-const NO_SESSION: &str = "0123456789abcdef0123456789abcdef";
-/// A user id no test creates.
-const NO_USER: i64 = 987_654;
-
-// ---- harness -----------------------------------------------------------------------------------
-
-/// A running server with its store directory.
-struct Srv {
-    ts: TestServer,
-    db_path: String,
-    _dir: tempfile::TempDir,
-}
-
-/// One answer, already checked against the rules every answer follows.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    raw: Vec<u8>,
-    json: Value,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("header is ASCII"))
-    }
-
-    fn message(&self) -> &str {
-        self.json["meta"]["message"].as_str().unwrap_or("")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.raw).into_owned()
-    }
-}
-
-/// The checks every answer must pass (see the module doc).
-fn check_answer(method: &str, path: &str, status: u16, headers: &reqwest::header::HeaderMap, raw: &[u8]) -> Value {
-    let ctx = format!("{method} {path} -> {status} {:?}", String::from_utf8_lossy(raw));
-    assert_eq!(
-        headers.get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
-        Some("*"),
-        "Access-Control-Allow-Origin on {ctx}"
-    );
-    if status == 204 {
-        assert!(raw.is_empty(), "204 has no body: {ctx}");
-        return Value::Null;
-    }
-    if path == "/metrics" && status == 200 {
-        let ct = headers.get("content-type").map(|v| v.to_str().unwrap()).unwrap_or("");
-        assert!(ct.starts_with("text/plain"), "metrics content type {ct:?}");
-        return Value::Null;
-    }
-    assert_eq!(headers.get("content-type").map(|v| v.to_str().unwrap()), Some(JSON_CT), "Content-Type on {ctx}");
-    let json: Value = serde_json::from_slice(raw).unwrap_or_else(|e| panic!("not JSON ({e}): {ctx}"));
-    let obj = json.as_object().unwrap_or_else(|| panic!("envelope is an object: {ctx}"));
-    assert_eq!(json["meta"]["http_code"].as_u64(), Some(u64::from(status)), "meta.http_code = status: {ctx}");
-    if status >= 400 {
-        let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["meta"]), "an error carries no response: {ctx}");
-        let meta_keys: BTreeSet<&str> = json["meta"].as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(meta_keys, BTreeSet::from(["http_code", "message"]), "error meta: {ctx}");
-        let msg = json["meta"]["message"].as_str().unwrap_or("");
-        assert!(!msg.trim().is_empty(), "an error has a non-empty message: {ctx}");
-    }
-    if status == 405 {
-        assert!(headers.get("allow").is_some_and(|v| !v.is_empty()), "405 carries Allow: {ctx}");
-    }
-    json
-}
-
-async fn start_with(extra: &[&str]) -> Srv {
-    let (dir, url) = temp_sqlite();
-    let ts = TestServer::start(&config(&url, extra)).await;
-    let db_path = url.strip_prefix("sqlite:").expect("sqlite url").to_owned();
-    Srv { ts, db_path, _dir: dir }
-}
-
-async fn start() -> Srv {
-    start_with(&[]).await
-}
-
-impl Srv {
-    fn addr(&self) -> SocketAddr {
-        self.ts.server.local_addr()
-    }
-
-    async fn stop(self) {
-        self.ts.stop().await;
-    }
-
-    /// Sends a request with this server's (connection-reusing) client.
-    async fn call_with(
-        &self,
-        client: &reqwest::Client,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, &str)],
-    ) -> Resp {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = client.request(m, self.ts.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
-        }
-        let res = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let raw = res.bytes().await.expect("body").to_vec();
-        let json = check_answer(method, path, status, &headers, &raw);
-        Resp { status, headers, raw, json }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
-        self.call_with(&self.ts.client, method, path, body.map(<[u8]>::to_vec), &[]).await
-    }
-
-    async fn get(&self, path: &str) -> Resp {
-        self.call("GET", path, None).await
-    }
-
-    async fn post(&self, path: &str, body: &str) -> Resp {
-        self.call("POST", path, Some(body.as_bytes())).await
-    }
-
-    async fn put(&self, path: &str, body: &str) -> Resp {
-        self.call("PUT", path, Some(body.as_bytes())).await
-    }
-
-    async fn delete(&self, path: &str) -> Resp {
-        self.call("DELETE", path, None).await
-    }
-
-    /// Creates a user and returns it (checked).
-    async fn user(&self, uuid: &str, name: Option<&str>) -> Value {
-        let body = match name {
-            Some(n) => json!({"uuid": uuid, "display_name": n}),
-            None => json!({"uuid": uuid}),
-        };
-        let u = ok(&self.post("/api/user", &body.to_string()).await);
-        assert_user_shape(&u);
-        assert_eq!(u["uuid"], uuid);
-        assert_eq!(u["display_name"], name.unwrap_or(""));
-        u
-    }
-
-    async fn user_id(&self, uuid: &str) -> i64 {
-        self.user(uuid, None).await["id"].as_i64().unwrap()
-    }
-
-    /// Opens a session and returns it (checked).
-    async fn session(&self, user_id: i64) -> Value {
-        let s = ok(&self.call("POST", &format!("/api/session/{user_id}"), None).await);
-        assert_session_shape(&s);
-        assert_eq!(s["user_id"], user_id);
-        s
-    }
-
-    async fn session_id(&self, user_id: i64) -> String {
-        self.session(user_id).await["uuid"].as_str().unwrap().to_owned()
-    }
-
-    /// Sends `body` and returns the stored message (checked).
-    async fn send(&self, session: &str, receiver: i64, body: &str) -> Value {
-        let r = self
-            .post(&format!("/api/message/{session}"), &json!({"receiver_id": receiver, "body": body}).to_string())
-            .await;
-        let m = ok(&r);
-        assert_message_shape(&m);
-        assert_eq!(m["receiver_id"], receiver);
-        assert_eq!(m["body"], body);
-        assert_eq!(m["attachments"], Value::Null);
-        m
-    }
-
-    /// A messages answer: (meta, messages).
-    async fn poll(&self, path: &str) -> (Value, Vec<Value>) {
-        let r = self.get(path).await;
-        assert_eq!(r.status, 200, "{path}: {}", r.text());
-        let keys: BTreeSet<&str> = r.json.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["meta", "response"]), "{path}");
-        let meta = r.json["meta"].clone();
-        let meta_keys: BTreeSet<&str> = meta.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(meta_keys, BTreeSet::from(["http_code", "cursor", "gap"]), "messages meta: {meta}");
-        assert!(meta["gap"].is_boolean(), "{meta}");
-        let cursor_keys: BTreeSet<&str> = meta["cursor"].as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(cursor_keys, BTreeSet::from(["unix", "nano"]), "{meta}");
-        let msgs = r.json["response"].as_array().unwrap_or_else(|| panic!("{path}: response is an array")).clone();
-        for m in &msgs {
-            assert_message_shape(m);
-        }
-        (meta, msgs)
-    }
-
-    /// GET /api/sessions, as a list.
-    async fn sessions(&self) -> Vec<Value> {
-        let list = ok(&self.get("/api/sessions").await);
-        let list = list.as_array().expect("array").clone();
-        for s in &list {
-            assert_session_shape(s);
-        }
-        list
-    }
-
-    async fn session_by_uuid(&self, uuid: &str) -> Value {
-        self.sessions().await.into_iter().find(|s| s["uuid"] == uuid).unwrap_or_else(|| panic!("session {uuid} listed"))
-    }
-
-    /// Contacts of a session, checked for shape.
-    async fn contacts(&self, session: &str) -> Vec<Value> {
-        let list = ok(&self.get(&format!("/api/contacts/{session}")).await);
-        let list = list.as_array().expect("array").clone();
-        for c in &list {
-            let keys: BTreeSet<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
-            assert_eq!(keys, BTreeSet::from(["user", "is_online", "is_typing"]), "{c}");
-            assert_user_shape(&c["user"]);
-            assert!(c["is_online"].is_boolean(), "{c}");
-            assert_eq!(c["is_typing"], false, "{c}");
-        }
-        list
-    }
-}
-
-/// A 200 with a value: exactly `{"meta":{"http_code":200},"response":V}`; returns V.
-fn ok(r: &Resp) -> Value {
-    assert_eq!(r.status, 200, "expected 200, got {}", r.text());
-    assert_eq!(r.json["meta"], json!({"http_code": 200}), "{}", r.text());
-    let keys: BTreeSet<&str> = r.json.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, BTreeSet::from(["meta", "response"]), "{}", r.text());
-    r.json["response"].clone()
-}
-
-/// Plain success: exactly `{"meta":{"http_code":200,"message":"OK!"}}`.
-fn ok_plain(r: &Resp) {
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json, json!({"meta": {"http_code": 200, "message": "OK!"}}), "{}", r.text());
-}
-
-/// An error with `status` whose message names `field`.
-#[track_caller]
-fn err(r: &Resp, status: u16, field: &str) {
-    assert_eq!(r.status, status, "expected {status} naming {field:?}, got {}", r.text());
-    assert!(r.message().contains(field), "the message should name {field:?}: {:?}", r.message());
-}
-
-/// The unknown-path answer.
-#[track_caller]
-fn not_found_path(r: &Resp) {
-    assert_eq!(r.status, 404, "{}", r.text());
-    assert_eq!(r.json, json!({"meta": {"http_code": 404, "message": "Not Found."}}));
-}
-
-fn is_hex32(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object().unwrap_or_else(|| panic!("object: {v}")).keys().cloned().collect()
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn assert_user_shape(u: &Value) {
-    assert_eq!(keys(u), set(&["id", "uuid", "display_name"]), "{u}");
-    assert!(u["id"].as_i64().is_some_and(|id| id > 0), "positive integer id: {u}");
-    let uuid = u["uuid"].as_str().expect("uuid string");
-    assert!((1..=64).contains(&uuid.chars().count()), "{u}");
-    assert!(u["display_name"].is_string(), "{u}");
-}
-
-fn assert_session_shape(s: &Value) {
-    assert_eq!(keys(s), set(&["uuid", "created_utc", "last_active_utc", "user_id", "user"]), "{s}");
-    assert!(is_hex32(s["uuid"].as_str().expect("uuid")), "32 lowercase hex: {s}");
-    let created = parse_ts(s["created_utc"].as_str().expect("created_utc"));
-    let active = parse_ts(s["last_active_utc"].as_str().expect("last_active_utc"));
-    assert!(active >= created, "{s}");
-    assert_user_shape(&s["user"]);
-    assert_eq!(s["user"]["id"], s["user_id"], "{s}");
-}
-
-fn assert_message_shape(m: &Value) {
-    assert_eq!(keys(m), set(&["uuid", "created_utc", "sender_id", "receiver_id", "body", "attachments"]), "{m}");
-    assert!(is_hex32(m["uuid"].as_str().expect("uuid")), "32 lowercase hex: {m}");
-    parse_ts(m["created_utc"].as_str().expect("created_utc"));
-    assert!(m["sender_id"].as_i64().is_some_and(|i| i > 0), "{m}");
-    assert!(m["receiver_id"].as_i64().is_some_and(|i| i > 0), "{m}");
-    assert!(m["body"].is_string(), "{m}");
-    assert!(m["attachments"].is_null() || m["attachments"].is_object(), "{m}");
-}
-
-/// Parses Go's `RFC3339Nano` in UTC (`2016-08-21T05:22:12.632474775Z`, trailing fractional zeros
-/// trimmed, no fraction when it is zero) into nanoseconds since the epoch; panics on anything else.
-fn parse_ts(s: &str) -> i128 {
-    let bad = || -> ! { panic!("not an RFC 3339 UTC timestamp as Go's RFC3339Nano writes it: {s:?}") };
-    let b = s.as_bytes();
-    if b.len() < 20 || b[b.len() - 1] != b'Z' || !s.is_ascii() {
-        bad();
-    }
-    for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
-        if b[i] != c {
-            bad();
-        }
-    }
-    let num = |from: usize, to: usize| -> i64 {
-        let t = &s[from..to];
-        if !t.bytes().all(|c| c.is_ascii_digit()) {
-            bad();
-        }
-        t.parse().unwrap_or_else(|_| bad())
-    };
-    let (y, mo, d, h, mi, se) = (num(0, 4), num(5, 7), num(8, 10), num(11, 13), num(14, 16), num(17, 19));
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
-        bad();
-    }
-    let frac = &s[19..s.len() - 1];
-    let nanos: i128 = if frac.is_empty() {
-        0
-    } else {
-        let digits = frac.strip_prefix('.').unwrap_or_else(|| bad());
-        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-            bad();
-        }
-        assert!(!digits.ends_with('0'), "trailing fractional zeros are trimmed: {s:?}");
-        i128::from(digits.parse::<i64>().unwrap()) * 10i128.pow(9 - digits.len() as u32)
-    };
-    // Days from the civil date (H. Hinnant's algorithm).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = if yy >= 0 { yy } else { yy - 399 } / 400;
-    let yoe = yy - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    i128::from(days * 86_400 + h * 3600 + mi * 60 + se) * NS + nanos
-}
-
-fn ts_of(v: &Value, field: &str) -> i128 {
-    parse_ts(v[field].as_str().unwrap_or_else(|| panic!("{field} in {v}")))
-}
-
-fn created(m: &Value) -> i128 {
-    ts_of(m, "created_utc")
-}
-
-/// The contract's cursor for a timestamp in ns.
-fn cursor(ns: i128) -> Value {
-    json!({"unix": i64::try_from(ns.div_euclid(NS)).unwrap(), "nano": i64::try_from(ns.rem_euclid(NS)).unwrap()})
-}
-
-/// `/api/messages/{s}/{unix}/{nano}` for a timestamp in ns.
-fn after(s: &str, ns: i128) -> String {
-    format!("/api/messages/{s}/{}/{}", ns.div_euclid(NS), ns.rem_euclid(NS))
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
-}
-
-/// Waits (with a deadline) until the wall clock is past `ns` + 2 ms, so that a request made now
-/// is measurably later than the server timestamp `ns`.
-async fn wall_clock_past(ns: i128) {
-    eventually("the wall clock to move on", || async move { now_ns() > ns + 2_000_000 }).await;
-}
-
-/// Polls `check` until it holds or 10 s pass (then panics naming `what`).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn ids(msgs: &[Value]) -> Vec<String> {
-    msgs.iter().map(|m| m["uuid"].as_str().unwrap().to_owned()).collect()
-}
-
-// ---- a raw HTTP/1.1 client, for keep-alive, pipelining and chunked bodies -----------------------
-
-struct RawResp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        assert_eq!(self.header("content-type"), Some(JSON_CT));
-        assert_eq!(self.header("access-control-allow-origin"), Some("*"));
-        let v: Value = serde_json::from_slice(&self.body).expect("JSON body");
-        assert_eq!(v["meta"]["http_code"].as_u64(), Some(u64::from(self.status)), "{v}");
-        v
-    }
-}
-
-struct RawConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawConn {
-    async fn connect(addr: SocketAddr) -> Self {
-        Self { stream: TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
-    }
-
-    /// Reads more bytes; `Ok(0)` at end of stream.
-    async fn fill(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-            .await
-            .expect("the server answers within 10 s")?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// Reads one response (Content-Length framed). `Ok(None)`: the server closed the connection
-    /// before sending anything.
-    async fn read_response(&mut self) -> std::io::Result<Option<RawResp>> {
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            if self.fill().await? == 0 {
-                assert!(
-                    self.buf.is_empty(),
-                    "connection closed mid-response: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-                return Ok(None);
-            }
-        };
-        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("ASCII head");
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
-        let status: u16 = status_line[9..12].parse().expect("status");
-        let headers: Vec<(String, String)> = lines
-            .map(|l| {
-                let (k, v) = l.split_once(':').expect("header line");
-                (k.trim().to_ascii_lowercase(), v.trim().to_owned())
-            })
-            .collect();
-        assert!(
-            !headers.iter().any(|(k, _)| k == "transfer-encoding"),
-            "this little client only reads Content-Length framing: {head}"
-        );
-        let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
-        let start = head_end + 4;
-        while self.buf.len() < start + len {
-            assert!(self.fill().await? > 0, "connection closed mid-body");
-        }
-        let body = self.buf[start..start + len].to_vec();
-        self.buf.drain(..start + len);
-        Ok(Some(RawResp { status, headers, body }))
-    }
-
-    async fn must_read(&mut self) -> RawResp {
-        self.read_response().await.expect("read").expect("a response, not a closed connection")
-    }
-}
-
-fn raw_get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: chatbus\r\n\r\n")
-}
-
-fn raw_post(path: &str, body: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: chatbus\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
+use std::time::Duration;
+use support::client::{err, not_found_path, ok, ok_plain, Api};
+use support::contract::{assert_message_shape, assert_user_shape, uuids, NO_SESSION, NO_USER, TOO_LARGE};
+use support::raw::{chunked_post, padded_user_body, raw_get, raw_post, sized_post, usable_or_announced_close, RawConn};
+use support::server::TestServer;
+use support::timestamp::{after, created, cursor, now_ns, parse_ts, ts_of, NS};
+use support::wait::{wait_until, wall_clock_past};
 
 // ---- the timestamp parser itself ---------------------------------------------------------------
 
@@ -534,7 +41,7 @@ fn the_timestamp_parser_reads_go_rfc3339nano() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_health_and_readiness() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     let r = srv.get("/").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json, json!({"meta": {"http_code": 200}, "response": {"app": "Chat Bus"}}));
@@ -547,9 +54,9 @@ async fn root_health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404_in_the_envelope() {
-    let srv = start().await;
-    let u = srv.user_id("alice").await;
-    let s = srv.session_id(u).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let u = srv.user("alice").await;
+    let s = srv.session(u).await;
     for (method, path) in [
         ("GET", "/nope"),
         ("GET", "/api"),
@@ -578,7 +85,7 @@ async fn unknown_paths_are_404_in_the_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_method_is_405_with_an_allow_header() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     let cases: &[(&str, &str, &[&str])] = &[
         ("POST", "/", &["GET"]),
         ("DELETE", "/api/users", &["GET", "POST"]),
@@ -612,11 +119,10 @@ async fn wrong_method_is_405_with_an_allow_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_preflight_is_204_and_reflects_the_request() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     for path in ["/", "/api/message/x", "/api/user/1", "/nope/at/all", "/metrics"] {
         let r = srv
-            .call_with(
-                &srv.ts.client,
+            .request(
                 "OPTIONS",
                 path,
                 None,
@@ -642,10 +148,10 @@ async fn options_preflight_is_204_and_reflects_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_create_get_list_and_update() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     assert_eq!(ok(&srv.get("/api/users").await), json!([]));
-    let alice = srv.user("alice", Some("Alice")).await;
-    let bob = srv.user("bob", None).await;
+    let alice = srv.create_user("alice", Some("Alice")).await;
+    let bob = srv.create_user("bob", None).await;
     assert_eq!(bob["display_name"], "", "display_name defaults to \"\"");
     assert_ne!(alice["id"], bob["id"]);
 
@@ -663,7 +169,7 @@ async fn users_create_get_list_and_update() {
     let a = alice["id"].as_i64().unwrap();
     assert_eq!(ok(&srv.get(&format!("/api/user/{a}")).await), alice);
     assert_eq!(ok(&srv.get("/api/user.uuid/alice").await), alice);
-    let odd = srv.user("al ice/ü%", Some("Odd")).await;
+    let odd = srv.create_user("al ice/ü%", Some("Odd")).await;
     assert_eq!(ok(&srv.get("/api/user.uuid/al%20ice%2F%C3%BC%25").await), odd, "percent-decoded external id");
     err(&srv.get("/api/user.uuid/nobody").await, 404, "uuid");
     err(&srv.get(&format!("/api/user/{NO_USER}")).await, 404, "user");
@@ -706,7 +212,7 @@ async fn users_create_get_list_and_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_bodies_are_validated() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     let cases: &[(&str, &str)] = &[
         (r#"{}"#, "uuid"),
         (r#"{"display_name": "x"}"#, "uuid"),
@@ -717,7 +223,7 @@ async fn user_bodies_are_validated() {
         (r#"{"uuid": "a", "display_name": {"x": 1}}"#, "display_name"),
     ];
     for (body, field) in cases {
-        err(&srv.post("/api/user", body).await, 400, field);
+        err(&srv.post("/api/user", *body).await, 400, field);
     }
     err(&srv.post("/api/user", &json!({"uuid": "u".repeat(65)}).to_string()).await, 400, "uuid");
     err(
@@ -751,21 +257,21 @@ async fn user_bodies_are_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_open_list_and_close() {
-    let srv = start().await;
-    let alice = srv.user("alice", Some("Alice")).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let alice = srv.create_user("alice", Some("Alice")).await;
     let a = alice["id"].as_i64().unwrap();
-    let b = srv.user_id("bob").await;
+    let b = srv.user("bob").await;
     assert_eq!(ok(&srv.get("/api/sessions").await), json!([]));
 
     let t0 = now_ns();
-    let s1 = srv.session(a).await;
+    let s1 = srv.open_session(a).await;
     let t1 = now_ns();
     assert_eq!(s1["user"], alice, "the session nests its user");
     let created = ts_of(&s1, "created_utc");
     assert!((t0..=t1).contains(&created), "created_utc is the server's time now: {s1}");
     assert!((created..=t1).contains(&ts_of(&s1, "last_active_utc")), "{s1}");
-    let s2 = srv.session(a).await;
-    let s3 = srv.session(b).await;
+    let s2 = srv.open_session(a).await;
+    let s3 = srv.open_session(b).await;
     let uuids: BTreeSet<&str> = [&s1, &s2, &s3].iter().map(|s| s["uuid"].as_str().unwrap()).collect();
     assert_eq!(uuids.len(), 3, "session uuids are distinct");
 
@@ -798,10 +304,10 @@ async fn sessions_open_list_and_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_and_sending_mark_the_session_active() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let s = srv.session(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let s = srv.open_session(a).await;
     let sid = s["uuid"].as_str().unwrap().to_owned();
     let opened = ts_of(&s, "created_utc");
 
@@ -836,12 +342,12 @@ async fn polling_and_sending_mark_the_session_active() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_are_mutual_idempotent_and_show_presence() {
-    let srv = start().await;
-    let alice = srv.user("alice", Some("Alice")).await;
-    let bob = srv.user("bob", Some("Bob")).await;
-    let carol = srv.user("carol", None).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let alice = srv.create_user("alice", Some("Alice")).await;
+    let bob = srv.create_user("bob", Some("Bob")).await;
+    let carol = srv.create_user("carol", None).await;
     let (a, b, c) = (alice["id"].as_i64().unwrap(), bob["id"].as_i64().unwrap(), carol["id"].as_i64().unwrap());
-    let sa = srv.session_id(a).await;
+    let sa = srv.session(a).await;
     assert_eq!(srv.contacts(&sa).await, Vec::<Value>::new());
 
     ok_plain(&srv.call("POST", &format!("/api/contact/{sa}/{b}"), None).await);
@@ -855,14 +361,14 @@ async fn contacts_are_mutual_idempotent_and_show_presence() {
     assert_eq!(by_id(srv.contacts(&sa).await), vec![contact(&bob, false), contact(&carol, false)], "no live sessions");
 
     // Both ways: bob sees alice, who is online.
-    let sb = srv.session_id(b).await;
+    let sb = srv.session(b).await;
     assert_eq!(srv.contacts(&sb).await, vec![contact(&alice, true)]);
     assert_eq!(by_id(srv.contacts(&sa).await), vec![contact(&bob, true), contact(&carol, false)]);
     ok_plain(&srv.call("POST", &format!("/api/contact/{sb}/{a}"), None).await);
     assert_eq!(srv.contacts(&sb).await, vec![contact(&alice, true)], "adding from the other side changes nothing");
 
     // Presence follows live sessions.
-    let sb2 = srv.session_id(b).await;
+    let sb2 = srv.session(b).await;
     ok_plain(&srv.delete(&format!("/api/session/{sb}")).await);
     assert_eq!(by_id(srv.contacts(&sa).await)[0], contact(&bob, true), "bob still has a live session");
     ok_plain(&srv.delete(&format!("/api/session/{sb2}")).await);
@@ -873,7 +379,7 @@ async fn contacts_are_mutual_idempotent_and_show_presence() {
     assert_eq!(by_id(srv.contacts(&sa).await)[0], contact(&bob2, false));
 
     // Removing works both ways and is idempotent.
-    let sb = srv.session_id(b).await;
+    let sb = srv.session(b).await;
     ok_plain(&srv.delete(&format!("/api/contact/{sb}/{a}")).await);
     assert_eq!(srv.contacts(&sb).await, Vec::<Value>::new());
     assert_eq!(srv.contacts(&sa).await, vec![contact(&carol, false)]);
@@ -898,15 +404,15 @@ async fn contacts_are_mutual_idempotent_and_show_presence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_removes_sessions_and_contacts_but_not_exchanged_messages() {
-    let srv = start().await;
-    let alice = srv.user("alice", Some("Alice")).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let alice = srv.create_user("alice", Some("Alice")).await;
     let a = alice["id"].as_i64().unwrap();
-    let b = srv.user_id("bob").await;
-    let c = srv.user_id("carol").await;
-    let sa = srv.session_id(a).await;
-    let sb = srv.session_id(b).await;
-    let sb2 = srv.session_id(b).await;
-    let sc = srv.session_id(c).await;
+    let b = srv.user("bob").await;
+    let c = srv.user("carol").await;
+    let sa = srv.session(a).await;
+    let sb = srv.session(b).await;
+    let sb2 = srv.session(b).await;
+    let sc = srv.session(c).await;
     ok_plain(&srv.call("POST", &format!("/api/contact/{sb}/{a}"), None).await);
     ok_plain(&srv.call("POST", &format!("/api/contact/{sb}/{c}"), None).await);
     ok_plain(&srv.call("POST", &format!("/api/contact/{sa}/{c}"), None).await);
@@ -950,9 +456,9 @@ async fn deleting_a_user_removes_sessions_and_contacts_but_not_exchanged_message
     err(&srv.delete("/api/user/x").await, 400, "id");
 
     // The uuid is free again, for a new user with an empty mailbox.
-    let bob_again = srv.user("bob", None).await;
+    let bob_again = srv.create_user("bob", None).await;
     assert_ne!(bob_again["id"], json!(b), "a new user, not the deleted one");
-    let s = srv.session_id(bob_again["id"].as_i64().unwrap()).await;
+    let s = srv.session(bob_again["id"].as_i64().unwrap()).await;
     let (_, msgs) = srv.poll(&format!("/api/messages/{s}")).await;
     assert!(msgs.is_empty(), "the deleted user's mailbox went with them: {msgs:?}");
     assert_eq!(srv.contacts(&s).await, Vec::<Value>::new());
@@ -963,12 +469,12 @@ async fn deleting_a_user_removes_sessions_and_contacts_but_not_exchanged_message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_both_mailboxes_in_order() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let c = srv.user_id("carol").await; // never opens a session before the messages arrive
-    let sa = srv.session_id(a).await;
-    let sb = srv.session_id(b).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let c = srv.user("carol").await; // never opens a session before the messages arrive
+    let sa = srv.session(a).await;
+    let sb = srv.session(b).await;
 
     let (meta, msgs) = srv.poll(&format!("/api/messages/{sa}")).await;
     assert_eq!(meta, json!({"http_code": 200, "cursor": {"unix": 0, "nano": 0}, "gap": false}));
@@ -1006,7 +512,7 @@ async fn messages_reach_both_mailboxes_in_order() {
     assert_eq!(in_b, vec![m1.clone(), m2.clone()]);
     assert_eq!(meta["cursor"], cursor(created(&m2)));
     // A user without a live session still receives.
-    let sc = srv.session_id(c).await;
+    let sc = srv.session(c).await;
     let (_, in_c) = srv.poll(&format!("/api/messages/{sc}")).await;
     assert_eq!(in_c, vec![m4.clone()]);
     // Polling does not consume.
@@ -1017,10 +523,10 @@ async fn messages_reach_both_mailboxes_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_bodies_and_attachments() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let sa = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let sa = srv.session(a).await;
     let send = |body: String| {
         let srv = &srv;
         let sa = sa.clone();
@@ -1106,11 +612,11 @@ async fn message_bodies_and_attachments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_cutoffs_are_strictly_after_and_the_cursor_follows() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let sa = srv.session_id(a).await;
-    let sb = srv.session_id(b).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let sa = srv.session(a).await;
+    let sb = srv.session(b).await;
     let mut sent = Vec::new();
     for i in 0..30 {
         sent.push(srv.send(&sa, b, &format!("m{i}")).await);
@@ -1179,15 +685,15 @@ async fn poll_cutoffs_are_strictly_after_and_the_cursor_follows() {
     }
     let mut expected = sent.clone();
     expected.extend(srv.poll(&base).await.1.into_iter().skip(30));
-    assert_eq!(ids(&got), ids(&expected), "every message once, in order");
+    assert_eq!(uuids(&got), uuids(&expected), "every message once, in order");
     srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutoffs_are_normalised_and_overflow_is_rejected() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let s = srv.session_id(a).await; // an empty mailbox: every cursor is the normalised cutoff
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let s = srv.session(a).await; // an empty mailbox: every cursor is the normalised cutoff
     let cases: &[(&str, i64, i64)] = &[
         ("", 0, 0),
         ("/5", 5, 0),
@@ -1237,11 +743,11 @@ async fn cutoffs_are_normalised_and_overflow_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gap_reports_messages_that_left_the_mailbox() {
-    let srv = start_with(&["--mailbox-capacity", "4"]).await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let sa = srv.session_id(a).await;
-    let sb = srv.session_id(b).await;
+    let srv = TestServer::sqlite(&["--mailbox-capacity", "4"]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let sa = srv.session(a).await;
+    let sb = srv.session(b).await;
 
     // A client that keeps up never sees a gap, even while old messages are pushed out.
     let (meta, _) = srv.poll(&format!("/api/messages/{sb}")).await;
@@ -1289,8 +795,8 @@ async fn gap_reports_messages_that_left_the_mailbox() {
         assert_eq!(meta, json!({"http_code": 200, "cursor": cursor(t[5]), "gap": false}));
     }
     // A user whose mailbox lost nothing has no gap.
-    let c = srv.user_id("carol").await;
-    let sc = srv.session_id(c).await;
+    let c = srv.user("carol").await;
+    let sc = srv.session(c).await;
     let m = srv.send(&sa, c, "hi carol").await;
     let (meta, msgs) = srv.poll(&format!("/api/messages/{sc}")).await;
     assert_eq!((msgs, meta["gap"].clone()), (vec![m], json!(false)));
@@ -1299,9 +805,9 @@ async fn gap_reports_messages_that_left_the_mailbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timestamps_are_rfc3339_nano_with_trailing_zeros_trimmed() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let s = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let s = srv.session(a).await;
     // With nanosecond clocks about one timestamp in ten ends in a zero digit; 60 of them make
     // it all but certain that trimming is exercised. `parse_ts` rejects untrimmed fractions.
     let mut stamps = Vec::new();
@@ -1321,29 +827,22 @@ async fn timestamps_are_rfc3339_nano_with_trailing_zeros_trimmed() {
 
 // ---- size limits, precedence, the write queue ------------------------------------------------------
 
-/// A client that opens a new connection for every request: for requests after which the
-/// server may close the connection (bodies it does not read), so that the failure stays in the
-/// test that is about it.
-fn fresh_client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_64_kib_are_413() {
-    let srv = start().await;
-    let fresh = fresh_client();
+    let srv = TestServer::sqlite(&[]).await;
+    let fresh = srv.fresh();
     // Exactly 64 KiB is accepted; one byte more is not.
     let r = srv.call("POST", "/api/user", Some(&padded_user_body("exact", 64 * 1024))).await;
     assert_eq!(ok(&r)["uuid"], "exact");
-    let r = srv.call_with(&fresh, "POST", "/api/user", Some(padded_user_body("over", TOO_LARGE)), &[]).await;
+    let r = fresh.request("POST", "/api/user", Some(padded_user_body("over", TOO_LARGE)), &[]).await;
     err(&r, 413, "body");
-    let r = srv.call_with(&fresh, "POST", "/api/user", Some(vec![b'x'; 1024 * 1024]), &[]).await;
+    let r = fresh.request("POST", "/api/user", Some(vec![b'x'; 1024 * 1024]), &[]).await;
     err(&r, 413, "body");
-    let r = srv.call_with(&fresh, "PUT", "/api/user/1", Some(vec![b' '; TOO_LARGE]), &[]).await;
+    let r = fresh.request("PUT", "/api/user/1", Some(vec![b' '; TOO_LARGE]), &[]).await;
     err(&r, 413, "body");
     err(&srv.get("/api/user.uuid/over").await, 404, "uuid");
     // A new client carries on.
-    let r = srv.call_with(&reqwest::Client::new(), "GET", "/api/user.uuid/exact", None, &[]).await;
+    let r = Api::new(srv.base()).get("/api/user.uuid/exact").await;
     assert_eq!(ok(&r)["uuid"], "exact");
 
     // A chunked body that grows over the limit (no Content-Length to judge it by).
@@ -1361,60 +860,9 @@ async fn bodies_over_64_kib_are_413() {
     srv.stop().await;
 }
 
-/// `{"uuid": "<uuid>"` + spaces + `}`: a valid user body of exactly `len` bytes.
-fn padded_user_body(uuid: &str, len: usize) -> Vec<u8> {
-    let head = format!("{{\"uuid\": \"{uuid}\"");
-    let mut body = head.into_bytes();
-    body.resize(len - 1, b' ');
-    body.push(b'}');
-    assert_eq!(body.len(), len);
-    body
-}
-
-fn chunked_post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: chatbus\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
-    for chunk in body.chunks(8192) {
-        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        req.extend_from_slice(chunk);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
-    req
-}
-
-fn sized_post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut req =
-        format!("POST {path} HTTP/1.1\r\nHost: chatbus\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    req.extend_from_slice(body);
-    req
-}
-
-/// After an answer that did not need the request's body, HTTP/1.1 leaves the server two clean
-/// ways on: keep the connection usable (read or discard the body), or announce
-/// `Connection: close` and close it. Closing without saying so makes a keep-alive client send
-/// its next request into a dead connection. Returns what went wrong, if anything.
-async fn usable_or_announced_close(conn: &mut RawConn, answer: &RawResp, what: &str) -> Option<String> {
-    let announced = answer.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-    let next = match conn.write(raw_get("/healthz").as_bytes()).await {
-        Ok(()) => conn.read_response().await,
-        Err(e) => Err(e),
-    };
-    match next {
-        Ok(Some(r)) if r.status == 200 => None,
-        Ok(None) | Err(_) if announced => None,
-        other => Some(format!(
-            "{what}: answered {} without `Connection: close` (headers {:?}), then the next request on the \
-             connection got {:?}: neither usable nor closed cleanly",
-            answer.status,
-            answer.headers,
-            other.map(|r| r.map(|r| r.status))
-        )),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_early_answer_the_connection_stays_usable_or_is_closed_cleanly() {
-    let srv = start().await;
+    let srv = TestServer::sqlite(&[]).await;
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("413, chunked, 9 KiB over", chunked_post("/api/user", &vec![b' '; TOO_LARGE + 8192]), 413),
         ("413, chunked, 1 MiB", chunked_post("/api/user", &vec![b' '; 1024 * 1024]), 413),
@@ -1441,17 +889,17 @@ async fn after_an_early_answer_the_connection_stays_usable_or_is_closed_cleanly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_take_precedence_in_the_documented_order() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let s = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let s = srv.session(a).await;
     let big = vec![b'{'; TOO_LARGE];
     let junk = b"this is not json".to_vec();
     // A new connection per request: that the server may close one after a body it did not read
     // is the subject of `after_an_early_answer_...`, not of this test.
-    let fresh = fresh_client();
+    let fresh = srv.fresh();
     let call = |method: &'static str, path: String, body: Option<Vec<u8>>| {
-        let (srv, fresh) = (&srv, &fresh);
-        async move { srv.call_with(fresh, method, &path, body, &[]).await }
+        let fresh = &fresh;
+        async move { fresh.request(method, &path, body, &[]).await }
     };
 
     // 1. An unknown path beats everything (method, size, segments, body).
@@ -1529,24 +977,23 @@ async fn errors_take_precedence_in_the_documented_order() {
 async fn a_full_write_queue_is_503_and_comes_last() {
     // `--max-pending 1` and a store held locked by this test: once a write is queued and cannot
     // commit, the queue stays full until the lock is released — deterministic, no timing.
-    let srv = start_with(&["--max-pending", "1"]).await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let s = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&["--max-pending", "1"]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let s = srv.session(a).await;
 
-    let lock = rusqlite::Connection::open(&srv.db_path).expect("open the store file");
+    let lock = rusqlite::Connection::open(srv.store().sqlite_path()).expect("open the store file");
     lock.busy_timeout(Duration::from_secs(5)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
     let stuck = tokio::spawn({
-        let client = srv.ts.client.clone();
-        let url = srv.ts.url("/api/user");
-        async move {
-            let r = client.post(url).body(r#"{"uuid": "stuck"}"#).send().await.expect("request");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
-        }
+        let api = srv.api();
+        async move { api.post("/api/user", r#"{"uuid": "stuck"}"#).await }
     });
     // Its write is queued (and cannot commit while we hold the lock): the queue is at 1.
-    eventually("the stuck write to be queued", || async { srv.get("/readyz").await.status == 503 }).await;
+    wait_until("the stuck write to be queued", Duration::from_secs(10), || async {
+        srv.get("/readyz").await.status == 503
+    })
+    .await;
     assert!(!stuck.is_finished(), "a user is acknowledged only once it is in the store");
     assert_eq!(srv.get("/api/user.uuid/stuck").await.status, 404, "nor shown before it is");
 
@@ -1563,7 +1010,7 @@ async fn a_full_write_queue_is_503_and_comes_last() {
     );
     err(&srv.post(&format!("/api/message/{NO_SESSION}"), &good).await, 404, "session");
     let big = Some(vec![b' '; TOO_LARGE]);
-    err(&srv.call_with(&fresh_client(), "POST", &format!("/api/message/{s}"), big, &[]).await, 413, "body");
+    err(&srv.fresh().request("POST", &format!("/api/message/{s}"), big, &[]).await, 413, "body");
     assert_eq!(srv.call("GET", &format!("/api/message/{s}"), None).await.status, 405);
     not_found_path(&srv.post(&format!("/api/message/{s}/x"), &good).await);
     let (_, msgs) = srv.poll(&format!("/api/messages/{s}")).await;
@@ -1572,13 +1019,14 @@ async fn a_full_write_queue_is_503_and_comes_last() {
 
     lock.execute_batch("ROLLBACK").expect("release the write lock");
     drop(lock);
-    let (status, created) = stuck.await.expect("join");
-    assert_eq!(status, 200, "{created}");
-    assert_eq!(created["response"]["uuid"], "stuck");
+    let answer = stuck.await.expect("join");
+    assert_eq!(ok(&answer)["uuid"], "stuck");
     // The queue drains (the culler's own writes can fill a queue of 1 for an instant: retry).
-    eventually("readyz to be 200", || async { srv.get("/readyz").await.status == 200 }).await;
-    eventually("a send to be accepted", || async { srv.post(&format!("/api/message/{s}"), &good).await.status == 200 })
-        .await;
+    wait_until("readyz to be 200", Duration::from_secs(10), || async { srv.readyz().await.status == 200 }).await;
+    wait_until("a send to be accepted", Duration::from_secs(10), || async {
+        srv.post(&format!("/api/message/{s}"), &good).await.status == 200
+    })
+    .await;
     srv.stop().await;
 }
 
@@ -1586,9 +1034,9 @@ async fn a_full_write_queue_is_503_and_comes_last() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_and_pipelining_on_one_connection() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let s = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let s = srv.session(a).await;
     let m = srv.send(&s, a, "hi").await;
 
     // Many requests over one connection, errors included.
@@ -1650,11 +1098,11 @@ async fn keep_alive_and_pipelining_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_wrk_url_shape_works() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let b = srv.user_id("bob").await;
-    let sa = srv.session_id(a).await;
-    let sb = srv.session_id(b).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let b = srv.user("bob").await;
+    let sa = srv.session(a).await;
+    let sb = srv.session(b).await;
     let m = srv.send(&sa, b, "benchmark").await;
     // The original README's wrk command polls with a fixed cutoff in 2016.
     let (meta, msgs) = srv.poll(&format!("/api/messages/{sb}/1471756932/632474775")).await;
@@ -1669,9 +1117,9 @@ async fn the_original_wrk_url_shape_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_route_and_status_with_histograms() {
-    let srv = start().await;
-    let a = srv.user_id("alice").await;
-    let s = srv.session_id(a).await;
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let s = srv.session(a).await;
     for _ in 0..3 {
         srv.poll(&format!("/api/messages/{s}")).await;
     }

@@ -18,8 +18,9 @@
 //! immediate`), never the machine, and the kernel keeps what a killed server wrote, so durability
 //! across a PostgreSQL crash is still tested — only faster.
 //!
-//! Include it with `#[path = "support/cluster.rs"] mod cluster;`. Every method blocks (it runs a
-//! command); from async code call it through `tokio::task::spawn_blocking`.
+//! Tests reach it as `support::cluster` (`mod support;`). Every method blocks (it runs a
+//! command); from async code call it through `tokio::task::spawn_blocking`
+//! (`support::wait::blocking`).
 
 #![allow(dead_code)]
 

@@ -8,8 +8,10 @@
 //! reachable server it panics with a message saying how to provide one: a test that needs
 //! PostgreSQL never passes by skipping.
 //!
-//! Include it with `#[path = "support/pg.rs"] mod pg;`. Every call works from plain and from
-//! async tests alike: the admin work runs on a helper thread with a runtime of its own.
+//! Tests reach it as `support::pg` (`mod support;`); it uses nothing else of `support`, so that
+//! `benches/restore.rs` can include it alone (`#[path = "../tests/support/pg.rs"] mod pg;`).
+//! Every call works from plain and from async tests alike: the admin work runs on a helper thread
+//! with a runtime of its own.
 
 #![allow(dead_code)]
 
