@@ -40,7 +40,7 @@ pub async fn serve(l: Listening) {
     let Listening { listener, api, mut stop, idle_timeout } = l;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true);
+    builder.keep_alive(true).max_header_size(crate::http::limits::HYPER_MAX_HEADER_BYTES);
     loop {
         let accepted = tokio::select! {
             biased;

@@ -19,6 +19,10 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// The request body is over the 64 KiB limit.
     TooLarge,
+    /// The URI is over [`super::limits::MAX_URI`].
+    UriTooLong,
+    /// The header fields are over [`super::limits::MAX_HEADER_BYTES`].
+    HeadersTooLarge,
     /// The request body did not arrive in time.
     BodyTimeout,
     /// The client's input is wrong; the message names the field.
@@ -41,6 +45,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Engine(e) => match e {
@@ -63,6 +69,8 @@ impl ApiError {
             ApiError::NotFound => Cow::Borrowed("Not Found."),
             ApiError::MethodNotAllowed(allow) => Cow::Owned(format!("Method Not Allowed. Allowed: {allow}.")),
             ApiError::TooLarge => Cow::Borrowed("request body: larger than 64 KiB"),
+            ApiError::UriTooLong => Cow::Borrowed("request line: the URI is longer than 8 KiB"),
+            ApiError::HeadersTooLarge => Cow::Borrowed("request headers: larger than 32 KiB in all"),
             ApiError::BodyTimeout => Cow::Borrowed("request body: not received in time"),
             ApiError::BadRequest(m) => Cow::Borrowed(m),
             ApiError::Engine(e) => Cow::Owned(e.to_string()),

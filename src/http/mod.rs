@@ -12,6 +12,7 @@ pub mod body;
 pub mod contacts;
 pub mod error;
 pub mod input;
+pub mod limits;
 pub mod messages;
 pub mod ops;
 pub mod response;
@@ -48,7 +49,10 @@ impl Api {
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let resolved = router::resolve(&parts.method, parts.uri.path());
+        let resolved = match limits::check(&parts) {
+            Ok(()) => router::resolve(&parts.method, parts.uri.path()),
+            Err(too_large) => Err(too_large),
+        };
         let metric = router::metric_index(&resolved);
         // Only a routed request's body is kept; any other is drained so the connection lives on.
         let keep = match resolved {

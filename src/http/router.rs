@@ -75,17 +75,23 @@ pub enum NotRouted {
     NotFound,
     /// The path exists with other methods: 405 with this `Allow` header.
     MethodNotAllowed(&'static str),
+    /// The URI is over the limit (see [`super::limits`]): 414.
+    UriTooLong,
+    /// The header fields are over the limit: 431.
+    HeadersTooLarge,
 }
 
 impl NotRouted {
     /// Their labels in `/metrics`, after the routes' ([`metric_labels`]).
-    const LABELS: [&'static str; 2] = ["not_found", "method_not_allowed"];
+    const LABELS: [&'static str; 4] = ["not_found", "method_not_allowed", "uri_too_long", "headers_too_large"];
 
     fn label_index(self) -> usize {
         RouteName::COUNT
             + match self {
                 NotRouted::NotFound => 0,
                 NotRouted::MethodNotAllowed(_) => 1,
+                NotRouted::UriTooLong => 2,
+                NotRouted::HeadersTooLarge => 3,
             }
     }
 }
@@ -95,6 +101,8 @@ impl From<NotRouted> for ApiError {
         match n {
             NotRouted::NotFound => ApiError::NotFound,
             NotRouted::MethodNotAllowed(allow) => ApiError::MethodNotAllowed(allow),
+            NotRouted::UriTooLong => ApiError::UriTooLong,
+            NotRouted::HeadersTooLarge => ApiError::HeadersTooLarge,
         }
     }
 }

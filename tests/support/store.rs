@@ -104,6 +104,11 @@ impl TestStore {
     }
 }
 
+/// Every row of `messages` in the SQLite file at `path`, as API uuids, oldest first.
+pub fn sqlite_messages(path: &Path) -> Vec<String> {
+    sqlite_rows(path, "SELECT uuid FROM messages ORDER BY created_ns")
+}
+
 fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
     use rusqlite::types::ValueRef;
     let c = rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
