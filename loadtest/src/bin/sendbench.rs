@@ -37,6 +37,13 @@ struct Args {
     /// Client runtime threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Write the uuid of every acknowledged message to this file, one per line (for comparing
+    /// with the store's rows after a crash; see `loadtest/crash-bench`).
+    #[arg(long, value_name = "PATH")]
+    acked_file: Option<std::path::PathBuf>,
+    /// Stop at the first request without an answer (the server was killed) instead of failing.
+    #[arg(long)]
+    until_gone: bool,
 }
 
 fn main() -> Result<()> {
@@ -48,6 +55,7 @@ fn main() -> Result<()> {
 #[derive(Default)]
 struct Tally {
     acknowledged: u64,
+    uuids: Vec<String>,
     rejected: u64,
     errors: u64,
     latency: Option<Histogram<u64>>,
@@ -69,6 +77,8 @@ async fn run(args: Args) -> Result<()> {
     );
     let started = Instant::now();
     let deadline = started + args.duration;
+    let keep_uuids = args.acked_file.is_some();
+    let until_gone = args.until_gone;
     let tasks: Vec<_> = senders
         .into_iter()
         .map(|session| {
@@ -82,11 +92,16 @@ async fn run(args: Args) -> Result<()> {
                     match api.request(Method::POST, &path, Some(body.clone())).await {
                         Ok(a) if a.status == StatusCode::OK => {
                             t.acknowledged += 1;
+                            if keep_uuids {
+                                let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+                                t.uuids.push(v["response"]["uuid"].as_str().unwrap_or("?").to_owned());
+                            }
                             if let Some(h) = t.latency.as_mut() {
                                 let _ = h.record(sent.elapsed().as_micros() as u64);
                             }
                         }
                         Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE => t.rejected += 1,
+                        Err(_) if until_gone => break,
                         _ => t.errors += 1,
                     }
                 }
@@ -100,6 +115,7 @@ async fn run(args: Args) -> Result<()> {
         total.acknowledged += t.acknowledged;
         total.rejected += t.rejected;
         total.errors += t.errors;
+        total.uuids.extend(t.uuids);
         if let (Some(a), Some(b)) = (total.latency.as_mut(), t.latency.as_ref()) {
             let _ = a.add(b);
         }
@@ -113,6 +129,11 @@ async fn run(args: Args) -> Result<()> {
         total.errors,
         total.acknowledged as f64 / secs
     );
+    if let Some(path) = &args.acked_file {
+        let mut text = total.uuids.join("\n");
+        text.push('\n');
+        std::fs::write(path, text)?;
+    }
     if total.errors > 0 {
         bail!("{} requests failed", total.errors);
     }
