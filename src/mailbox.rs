@@ -1,4 +1,4 @@
-//! A user's mailbox: a fixed-capacity ring of the newest messages, read without locks.
+//! A user's mailbox: a ring of the newest messages that grows with them, read without locks.
 //!
 //! # What a reader can rely on
 //!
@@ -12,11 +12,24 @@
 //!   immutable `Entry`, replaced whole, and each entry carries the position (`pos`) of the push
 //!   that stored it, like the slots of tokio's `broadcast` channel. A reader that wants push `p`
 //!   and finds another `pos` knows `p` was pushed out under it and stops there.
-//! - When the ring is full a push overwrites the oldest message. A message that leaves — pushed
-//!   out, or culled by TTL — raises the mailbox's *watermark*: the newest `created` that has left.
+//! - When the mailbox holds its capacity a push overwrites the oldest message. A message that
+//!   leaves — pushed out, or culled by TTL — raises the mailbox's *watermark*: the newest
+//!   `created` that has left.
 //!   A reader compares its cutoff with the watermark (loaded after its read) to report a `gap`.
 //!   Writers raise the watermark *before* they overwrite or clear a slot, so a reader that saw a
 //!   slot go also sees the watermark that covers it.
+//!
+//! # Memory that follows use
+//!
+//! A mailbox starts with no ring at all (an empty mailbox costs its 56-byte header). The first
+//! push allocates a ring of [`MIN_RING`] slots; a push into a full ring that is still below the
+//! mailbox's capacity replaces it with one twice as large (up to the capacity), and a cull that
+//! leaves the ring at most a quarter full replaces it with one half as large — or with none when
+//! nothing is left. The new ring holds the same entry pointers at their new slots, and is
+//! published (`Release`) before the push that needed it raises the head; a reader loads the head
+//! first and the ring second (`Acquire` both), so the ring it reads from holds every push below
+//! the head it saw, or newer ones whose `pos` tells them apart. Retired rings go to the epoch
+//! like entries do — without their entries, which live on in the new ring.
 //!
 //! # Memory reclamation: the one `unsafe` in chatbus
 //!
@@ -27,10 +40,12 @@
 //! 1024-message poll, arc-swap's per-slot loads (a `SeqCst` debt-slot handshake) and the read
 //! around them took about 45 % of the server's CPU, and criterion measured that read of 1024
 //! messages at 29.7 µs, against 4.8 µs now (epoch slots and the galloping seek together; README,
-//! "Engine micro-benchmarks"). There are four `unsafe` blocks, each with its `SAFETY` comment: the
-//! reader's dereference in [`Mailbox::read_into`]'s helper `entry`, the writer's dereference and
-//! `defer_destroy` in `replace`, and `Drop`. The ring is model-checked with loom in `tests/loom/`
-//! and stress-tested in this module's tests.
+//! "Engine micro-benchmarks"). The `unsafe` blocks, each with its `SAFETY` comment, are: the
+//! dereference of a loaded ring (`Mailbox::ring`) and of a loaded entry (`entry`), the writer's
+//! dereference of the entry it replaces and its `defer_destroy` (`replace`), the `defer_destroy`
+//! of a retired ring (`MailboxWriter::install`), and `Drop`. The ring, its growth and its
+//! shrinking are model-checked with loom in `tests/loom/` and stress-tested in this module's
+//! tests.
 //!
 //! # Writers
 //!
@@ -72,6 +87,13 @@ mod sync {
 /// "Nothing has left this mailbox yet."
 const NO_WATERMARK: i64 = i64::MIN;
 
+/// The smallest ring a mailbox allocates (one slot under loom, so that the model grows it).
+#[cfg(not(chatbus_loom))]
+pub const MIN_RING: usize = 4;
+/// The smallest ring a mailbox allocates (one slot under loom, so that the model grows it).
+#[cfg(chatbus_loom)]
+pub const MIN_RING: usize = 1;
+
 /// One message as a mailbox holds it: its timestamp and its pre-rendered JSON object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -86,12 +108,45 @@ struct Entry {
     json: Bytes,
 }
 
+/// The slots: push `pos` lives in slot `pos % slots.len()`.
+#[derive(Debug)]
+struct Ring {
+    slots: Box<[Atomic<Entry>]>,
+}
+
+impl Ring {
+    fn new(len: usize) -> Self {
+        Self { slots: (0..len.max(1)).map(|_| Atomic::null()).collect() }
+    }
+
+    fn slot(&self, pos: u64) -> &Atomic<Entry> {
+        // The cast cannot truncate: the remainder is below the slot count, a usize.
+        &self.slots[(pos % self.slots.len() as u64) as usize]
+    }
+
+    /// The entry in `pos`'s slot, if it still holds push `pos`; valid while `guard` is pinned.
+    fn entry<'g>(&self, pos: u64, guard: &'g Guard) -> Option<&'g Entry> {
+        let shared = self.slot(pos).load(Ordering::Acquire, guard);
+        // SAFETY: an entry is freed only (a) through `defer_destroy` after a writer unlinked it
+        // from the current ring — and the epoch then keeps it alive until every guard pinned
+        // before the unlink, such as `guard`, is dropped; a retired ring that still points at it
+        // was retired before that unlink, so a reader that reached it through such a ring was
+        // pinned before it too — or (b) in `Drop`, which has `&mut self` and so no reader. The
+        // reference is tied to `guard`'s lifetime, so it cannot outlive the pin. Entries are
+        // never mutated after they are published (Release store, Acquire load).
+        let entry = unsafe { shared.as_ref() }?;
+        (entry.pos == pos).then_some(entry)
+    }
+}
+
 /// A ring of the newest messages of one user. See the module doc.
 #[derive(Debug)]
 pub struct Mailbox {
-    slots: Box<[Atomic<Entry>]>,
+    /// The current ring, or null while the mailbox holds nothing.
+    ring: Atomic<Ring>,
     /// Number of pushes so far, i.e. the `pos` the next push gets. Published with `Release`
-    /// after the slot is written, so a reader that loads it sees every slot below it filled.
+    /// after the slot (and any new ring) is written, so a reader that loads it sees every slot
+    /// below it filled.
     head: AtomicU64,
     /// Newest `created` that has left the mailbox, or [`NO_WATERMARK`].
     left: AtomicI64,
@@ -102,10 +157,12 @@ pub struct Mailbox {
 /// What only writers need, behind the writer mutex.
 #[derive(Debug, Default)]
 struct WriterState {
-    /// The lowest `pos` that culling has not yet removed.
+    /// The lowest `pos` that has not left (culled or pushed out).
     tail: u64,
     /// Bytes of JSON pushed so far (the next entry's `offset`).
     bytes: u64,
+    /// The most messages the mailbox holds.
+    capacity: u32,
 }
 
 /// What a read found besides the entries themselves.
@@ -118,20 +175,15 @@ pub struct ReadOutcome {
 }
 
 impl Mailbox {
-    /// An empty mailbox holding at most `capacity` (at least 1) messages.
+    /// An empty mailbox (no ring yet) that will hold at most `capacity` (at least 1) messages.
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
+        let capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
         Self {
-            slots: (0..capacity).map(|_| Atomic::null()).collect(),
+            ring: Atomic::null(),
             head: AtomicU64::new(0),
             left: AtomicI64::new(NO_WATERMARK),
-            writer: Mutex::new(WriterState::default()),
+            writer: Mutex::new(WriterState { capacity, ..WriterState::default() }),
         }
-    }
-
-    /// How many messages the mailbox can hold.
-    pub fn capacity(&self) -> usize {
-        self.slots.len()
     }
 
     /// Takes the writer lock. Reads never need it.
@@ -147,21 +199,20 @@ impl Mailbox {
         }
     }
 
-    fn slot(&self, pos: u64) -> &Atomic<Entry> {
-        // The cast cannot truncate: the remainder is below the slot count, a usize.
-        &self.slots[(pos % self.slots.len() as u64) as usize]
+    /// The current ring, if any; valid while `guard` is pinned.
+    fn ring<'g>(&self, guard: &'g Guard) -> Option<&'g Ring> {
+        let shared = self.ring.load(Ordering::Acquire, guard);
+        // SAFETY: a ring is freed only through `defer_destroy` after a writer unlinked it (it
+        // installed a new one), which waits for every guard pinned before, such as `guard`; or
+        // in `Drop`, with no reader. Rings are never mutated after publication but through
+        // their slots' atomics.
+        unsafe { shared.as_ref() }
     }
 
-    /// The entry in `pos`'s slot, if it still holds push `pos`; valid while `guard` is pinned.
-    fn entry<'g>(&self, pos: u64, guard: &'g Guard) -> Option<&'g Entry> {
-        let shared = self.slot(pos).load(Ordering::Acquire, guard);
-        // SAFETY: an entry is freed only (a) through `defer_destroy` after a writer unlinked it
-        // from its slot — and the epoch then keeps it alive until every guard pinned before the
-        // unlink, such as `guard`, is dropped — or (b) in `Drop`, which has `&mut self` and so no
-        // reader. The reference is tied to `guard`'s lifetime, so it cannot outlive the pin.
-        // Entries are never mutated after they are published (Release store, Acquire load).
-        let entry = unsafe { shared.as_ref() }?;
-        (entry.pos == pos).then_some(entry)
+    /// Slots allocated for this mailbox (0 while empty); for tests and the memory benchmark.
+    pub fn ring_len(&self) -> usize {
+        let guard = epoch::pin();
+        self.ring(&guard).map_or(0, |r| r.slots.len())
     }
 
     /// Copies the entries created strictly after `cutoff` (all when `None`) into `out`,
@@ -171,13 +222,15 @@ impl Mailbox {
     fn read_after(&self, cutoff: Option<i128>, out: &mut Vec<Entry>) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
-        let oldest = head.saturating_sub(self.slots.len() as u64);
-        let mut pos = head;
-        while pos > oldest {
-            pos -= 1;
-            match self.entry(pos, &guard) {
-                Some(e) if cutoff.is_none_or(|c| i128::from(e.created) > c) => out.push(e.clone()),
-                _ => break, // older than the cutoff, culled, or pushed out under us
+        if let Some(ring) = self.ring(&guard) {
+            let oldest = head.saturating_sub(ring.slots.len() as u64);
+            let mut pos = head;
+            while pos > oldest {
+                pos -= 1;
+                match ring.entry(pos, &guard) {
+                    Some(e) if cutoff.is_none_or(|c| i128::from(e.created) > c) => out.push(e.clone()),
+                    _ => break, // older than the cutoff, culled, or pushed out under us
+                }
             }
         }
         drop(guard);
@@ -190,18 +243,23 @@ impl Mailbox {
     /// `out`, **oldest first**, separated by commas — the inside of a poll answer's array — and
     /// reports the newest one and whether there is a gap. The poll's hot path.
     ///
-    /// Lock-free and without reference counting. Pinned once, it finds the oldest entry to
-    /// return by galloping back from the head (head-1, -2, -4, …) and then bisecting, so the seek
-    /// costs O(log k) loads for k messages returned (1 for an empty poll); sizes the answer from
-    /// the first and last entry's `offset`; and copies forward. If an entry left during the copy
-    /// (a writer lapped the ring), everything copied before it is dropped, so the answer stays
-    /// one contiguous run of the newest entries, and the watermark (loaded last) reports the gap.
+    /// Lock-free and without reference counting. Pinned once, it loads the head and then the
+    /// ring, finds the oldest entry to return by galloping back from the head (head-1, -2, -4,
+    /// …) and then bisecting, so the seek costs O(log k) loads for k messages returned (1 for an
+    /// empty poll); sizes the answer from the first and last entry's `offset`; and copies
+    /// forward. If an entry left during the copy (a writer lapped the ring), everything copied
+    /// before it is dropped, so the answer stays one contiguous run of the newest entries, and
+    /// the watermark (loaded last) reports the gap.
     pub fn read_into(&self, cutoff: Option<i128>, out: &mut BytesMut) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
-        let oldest = head.saturating_sub(self.slots.len() as u64);
+        let Some(ring) = self.ring(&guard) else {
+            drop(guard);
+            return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
+        };
+        let oldest = head.saturating_sub(ring.slots.len() as u64);
         let wanted = |pos: u64| -> bool {
-            self.entry(pos, &guard).is_some_and(|e| cutoff.is_none_or(|c| i128::from(e.created) > c))
+            ring.entry(pos, &guard).is_some_and(|e| cutoff.is_none_or(|c| i128::from(e.created) > c))
         };
         // Find where the run of wanted entries that ends at the head begins. Timestamps increase
         // with `pos`, so with no writer active the entries not wanted (older than the cutoff, or
@@ -233,14 +291,14 @@ impl Mailbox {
                 }
             }
         }
-        if let (Some(first), Some(last)) = (self.entry(start, &guard), self.entry(head.wrapping_sub(1), &guard)) {
+        if let (Some(first), Some(last)) = (ring.entry(start, &guard), ring.entry(head.wrapping_sub(1), &guard)) {
             let bytes = (last.offset + last.json.len() as u64).saturating_sub(first.offset) + (head - start);
             out.reserve(usize::try_from(bytes).unwrap_or(0));
         }
         let base = out.len();
         let mut newest = None;
         for pos in start..head {
-            match self.entry(pos, &guard) {
+            match ring.entry(pos, &guard) {
                 Some(e) => {
                     if out.len() > base {
                         out.put_u8(b',');
@@ -272,7 +330,7 @@ impl Mailbox {
     fn newest(&self) -> Option<i64> {
         let guard = epoch::pin();
         let pos = self.head.load(Ordering::Acquire).checked_sub(1)?;
-        self.entry(pos, &guard).map(|e| e.created)
+        self.ring(&guard)?.entry(pos, &guard).map(|e| e.created)
     }
 
     /// Number of messages currently held (a snapshot).
@@ -292,15 +350,22 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        for slot in self.slots.iter() {
-            // SAFETY: `&mut self`: no reader or writer can hold this mailbox any more, and every
-            // entry still linked from a slot was never handed to `defer_destroy` (writers unlink
-            // an entry before deferring it), so each is freed exactly once, here.
-            unsafe {
-                let shared = slot.load(Ordering::Relaxed, epoch::unprotected());
-                if !shared.is_null() {
-                    drop(shared.into_owned());
+        // SAFETY: `&mut self`: no reader or writer can hold this mailbox any more. The current
+        // ring and every entry still linked from it were never handed to `defer_destroy`
+        // (writers unlink an entry or a ring before deferring it, and retired rings were
+        // deferred without their entries, which live on here), so each is freed exactly once,
+        // here.
+        unsafe {
+            let guard = epoch::unprotected();
+            let ring = self.ring.load(Ordering::Relaxed, guard);
+            if let Some(r) = ring.as_ref() {
+                for slot in r.slots.iter() {
+                    let shared = slot.load(Ordering::Relaxed, guard);
+                    if !shared.is_null() {
+                        drop(shared.into_owned());
+                    }
                 }
+                drop(ring.into_owned());
             }
         }
     }
@@ -321,37 +386,80 @@ impl MailboxWriter<'_> {
         }
     }
 
-    /// Replaces the entry in `pos`'s slot with `new`, raising the watermark over what leaves
-    /// first, and hands the old entry to the epoch to free.
-    fn replace(&self, pos: u64, new: Shared<'_, Entry>, guard: &Guard) {
-        let slot = self.mailbox.slot(pos);
+    /// Replaces the entry in `pos`'s slot of `ring` with `new`, raising the watermark over what
+    /// leaves first, and hands the old entry to the epoch to free.
+    fn replace(&self, ring: &Ring, pos: u64, new: Shared<'_, Entry>, guard: &Guard) {
+        let slot = ring.slot(pos);
         // Writers are serialised by the mutex we hold, so nothing else stores to this slot.
         let old = slot.load(Ordering::Acquire, guard);
-        // SAFETY: as in `Mailbox::entry`; `guard` is pinned and only writers (us) unlink.
+        // SAFETY: as in `Ring::entry`; `guard` is pinned and only writers (us) unlink.
         if let Some(old) = unsafe { old.as_ref() } {
             self.raise_watermark(old.created);
         }
         slot.store(new, Ordering::Release);
         if !old.is_null() {
-            // SAFETY: `old` is now unlinked from its slot (the only place it was reachable from),
-            // so no new reader can load it; readers pinned before the store may still hold it,
+            // SAFETY: `old` is now unlinked from the current ring (the only ring writers store
+            // to, and retired rings are never read by a reader pinned after their retirement), so
+            // no new reader can load it; readers pinned before the store may still hold it,
             // which is exactly what the epoch waits for before freeing it.
             unsafe { guard.defer_destroy(old) };
         }
     }
 
+    /// Replaces the current ring with one of `len` slots (none when 0) holding the same live
+    /// entries [tail, head) at their new slots, published before any later push, and retires the
+    /// old ring to the epoch (its entries stay, linked from the new ring).
+    fn install<'g>(&self, len: usize, guard: &'g Guard) -> Option<&'g Ring> {
+        let mb = self.mailbox;
+        let head = mb.head.load(Ordering::Relaxed);
+        let old = mb.ring.load(Ordering::Acquire, guard);
+        let new = if len == 0 {
+            Shared::null()
+        } else {
+            let ring = Ring::new(len);
+            if let Some(old) = mb.ring(guard) {
+                for pos in self.state.tail.max(head.saturating_sub(old.slots.len() as u64))..head {
+                    ring.slot(pos).store(old.slot(pos).load(Ordering::Relaxed, guard), Ordering::Relaxed);
+                }
+            }
+            Owned::new(ring).into_shared(guard)
+        };
+        mb.ring.store(new, Ordering::Release);
+        if !old.is_null() {
+            // SAFETY: the old ring is unlinked from the mailbox, so no reader pinned from now on
+            // can reach it; readers pinned before may still read through it, which the epoch
+            // waits for. Dropping a `Ring` frees its slot array only: `Atomic` slots do not own
+            // what they point to, so the entries (now linked from the new ring) are untouched.
+            unsafe { guard.defer_destroy(old) };
+        }
+        // SAFETY: as in `Mailbox::ring`: `new` was just published and only a later writer (not
+        // while we hold the lock) can retire it.
+        unsafe { new.as_ref() }
+    }
+
     /// Appends a message. `created` must be greater than that of every message pushed before
-    /// (the engine guarantees it by taking timestamps while holding this guard).
+    /// (the engine guarantees it by taking timestamps while holding this guard). Grows the ring
+    /// when it is full and below the mailbox's capacity; otherwise overwrites the oldest.
     pub fn push(&mut self, created: i64, json: Bytes) {
         let mb = self.mailbox;
         let pos = mb.head.load(Ordering::Relaxed);
         let guard = epoch::pin();
+        let capacity = self.state.capacity as usize;
+        let len = mb.ring(&guard).map_or(0, |r| r.slots.len());
+        let held = usize::try_from(pos - self.state.tail).unwrap_or(usize::MAX);
+        let ring = if held >= len && len < capacity {
+            let grown = (len * 2).clamp(MIN_RING.min(capacity), capacity);
+            self.install(grown, &guard)
+        } else {
+            mb.ring(&guard)
+        };
+        let Some(ring) = ring else { return }; // unreachable: a ring of at least one slot exists now
         let offset = self.state.bytes;
         self.state.bytes += json.len() as u64;
         let new = Owned::new(Entry { pos, created, offset, json }).into_shared(&guard);
-        self.replace(pos, new, &guard);
+        self.replace(ring, pos, new, &guard);
         mb.head.store(pos + 1, Ordering::Release);
-        let oldest = (pos + 1).saturating_sub(mb.slots.len() as u64);
+        let oldest = (pos + 1).saturating_sub(ring.slots.len() as u64);
         if self.state.tail < oldest {
             self.state.tail = oldest;
         }
@@ -364,16 +472,18 @@ impl MailboxWriter<'_> {
     }
 
     /// Removes every message created before `before`, oldest first, and returns the `created`
-    /// of the newest one removed. Cost follows the number removed.
+    /// of the newest one removed. Cost follows the number removed. A ring left at most a quarter
+    /// full shrinks to twice what it holds (none when empty).
     pub fn cull_before(&mut self, before: i64) -> Option<i64> {
         let mb = self.mailbox;
         let guard = epoch::pin();
+        let ring = mb.ring(&guard)?;
         let head = mb.head.load(Ordering::Relaxed);
-        let start = self.state.tail.max(head.saturating_sub(mb.slots.len() as u64));
+        let start = self.state.tail.max(head.saturating_sub(ring.slots.len() as u64));
         let mut end = start;
         let mut newest = None;
         while end < head {
-            match mb.entry(end, &guard) {
+            match ring.entry(end, &guard) {
                 Some(e) if e.created < before => newest = Some(e.created),
                 _ => break,
             }
@@ -383,9 +493,16 @@ impl MailboxWriter<'_> {
         // Newest first, so a reader seeking back meets a cleared slot before any culled entry;
         // `replace` raises the watermark before each slot goes.
         for pos in (start..end).rev() {
-            self.replace(pos, Shared::null(), &guard);
+            self.replace(ring, pos, Shared::null(), &guard);
         }
         self.state.tail = end;
+        let held = usize::try_from(head - end).unwrap_or(usize::MAX);
+        let len = ring.slots.len();
+        if held == 0 {
+            self.install(0, &guard);
+        } else if held <= len / 4 && len > MIN_RING {
+            self.install((held * 2).max(MIN_RING), &guard);
+        }
         Some(newest)
     }
 }

@@ -181,3 +181,100 @@ fn concurrent_readers_never_see_torn_or_overwritten_slots() {
         assert!(r.join().unwrap() > 0);
     }
 }
+
+/// The ring follows use: none while empty, grown by doubling up to the capacity as messages
+/// arrive, and shrunk back when culling leaves it mostly empty — with every read right throughout.
+#[test]
+fn the_ring_grows_with_messages_and_shrinks_when_culled() {
+    let mb = Mailbox::new(100);
+    assert_eq!(mb.ring_len(), 0, "an empty mailbox has no ring");
+    assert_eq!(read(&mb, None), (vec![], ReadOutcome { newest: None, gap: false }));
+    let mut lens = Vec::new();
+    for t in 1..=150 {
+        push(&mb, t);
+        if lens.last() != Some(&mb.ring_len()) {
+            lens.push(mb.ring_len());
+        }
+        let (all, o) = read(&mb, None);
+        let first = (t - 99).max(1);
+        assert_eq!(all, (first..=t).collect::<Vec<_>>(), "after push {t}");
+        assert_eq!(o.gap, t > 100, "after push {t}");
+    }
+    assert_eq!(lens, vec![4, 8, 16, 32, 64, 100], "doubling, capped at the capacity");
+    assert_eq!(mb.lock().cull_before(148), Some(147));
+    assert_eq!(read(&mb, None).0, vec![148, 149, 150]);
+    assert_eq!(mb.ring_len(), 6, "three left of 100: twice what is held");
+    assert_eq!(read(&mb, Some(147)), (vec![148, 149, 150], ReadOutcome { newest: Some(150), gap: false }));
+    for t in 151..=160 {
+        push(&mb, t);
+    }
+    assert_eq!(read(&mb, Some(147)).0, (148..=160).collect::<Vec<_>>(), "grown again, nothing lost");
+    assert_eq!(mb.lock().cull_before(1000), Some(160));
+    assert_eq!(mb.ring_len(), 0, "nothing held, no ring");
+    assert_eq!(read(&mb, Some(160)), (vec![], ReadOutcome { newest: None, gap: false }));
+    assert!(read(&mb, Some(159)).1.gap);
+    push(&mb, 161);
+    assert_eq!(read(&mb, Some(160)), (vec![161], ReadOutcome { newest: Some(161), gap: false }));
+}
+
+/// Readers against a writer that keeps growing and shrinking the ring (culls leave one or two
+/// messages, so every cull shrinks and the next pushes grow): every answer is still a contiguous
+/// run with each entry exactly as written, and a reader that keeps up misses nothing unreported.
+#[test]
+fn concurrent_readers_while_the_ring_grows_and_shrinks() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let mb = Arc::new(Mailbox::new(64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let mb = mb.clone();
+        std::thread::spawn(move || {
+            for t in 1..=200_000i64 {
+                let mut w = mb.lock();
+                w.push(t, Bytes::from(format!("m{t}")));
+                if t % 37 == 0 {
+                    w.cull_before(t - 1);
+                }
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|r| {
+            let mb = mb.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut cursor: i128 = 0;
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let cutoff = if r == 0 { Some(cursor) } else { None };
+                    let mut buf = BytesMut::new();
+                    let o = mb.read_into(cutoff, &mut buf);
+                    let text = std::str::from_utf8(&buf).unwrap();
+                    let ts: Vec<i64> = if text.is_empty() {
+                        Vec::new()
+                    } else {
+                        text.split(',').map(|m| m.strip_prefix('m').unwrap().parse().unwrap()).collect()
+                    };
+                    assert!(ts.windows(2).all(|w| w[1] == w[0] + 1), "not a contiguous run: {text}");
+                    assert_eq!(ts.last().copied(), o.newest, "newest is the last copied");
+                    if let (Some(c), Some(&first)) = (cutoff, ts.first()) {
+                        assert!(i128::from(first) > c, "returned a message at or before the cutoff");
+                        if i128::from(first) != c + 1 {
+                            assert!(o.gap, "missed {}..{first} without a gap", c + 1);
+                        }
+                    }
+                    if let Some(n) = o.newest {
+                        cursor = i128::from(n);
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+}
