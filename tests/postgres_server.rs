@@ -885,7 +885,10 @@ async fn connections_killed_mid_load(durable: bool) {
     const KILLS: usize = 20;
     const MESSAGES: usize = 1500;
     let db = Arc::new(TestDb::create());
-    let mut flags = vec!["--mailbox-capacity", BIG_MAILBOX];
+    // A kill every 15 ms can keep every write from committing for seconds on a loaded machine;
+    // this test is about what a retried batch writes, so it allows a long write-behind window
+    // (the bound itself is tested in store_faults.rs).
+    let mut flags = vec!["--mailbox-capacity", BIG_MAILBOX, "--max-write-lag", "120s"];
     if durable {
         flags.push("--durable-acks");
     }

@@ -85,3 +85,56 @@ fn reader_during_cull() {
         assert!(o.gap);
     });
 }
+
+#[test]
+fn reader_during_growth() {
+    // MIN_RING is 1 under loom: the ring grows 1 -> 2 -> 4 while the reader reads.
+    model(|| {
+        let mb = Arc::new(Mailbox::new(4));
+        mb.lock().push(1, json(1));
+        let writer = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || {
+                mb.lock().push(2, json(2)); // grows to 2
+                mb.lock().push(3, json(3)); // grows to 4
+            })
+        };
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(0), &mut buf);
+        check(&buf, 0, o.newest, o.gap);
+        assert!(!parse(&buf).is_empty(), "message 1 never leaves: a read always finds it");
+        assert!(!o.gap, "nothing left the mailbox");
+        writer.join().unwrap();
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(None, &mut buf);
+        assert_eq!(parse(&buf), vec![1, 2, 3]);
+        assert!(!o.gap);
+    });
+}
+
+#[test]
+fn reader_during_shrink_and_regrowth() {
+    model(|| {
+        let mb = Arc::new(Mailbox::new(4));
+        for t in 1..=4 {
+            mb.lock().push(t, json(t));
+        }
+        let writer = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || {
+                assert_eq!(mb.lock().cull_before(4), Some(3)); // one left of 4: shrinks to 2
+                mb.lock().push(5, json(5));
+                mb.lock().push(6, json(6)); // full at 2: grows again
+            })
+        };
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(3), &mut buf);
+        check(&buf, 3, o.newest, o.gap);
+        assert!(parse(&buf).first() == Some(&4), "message 4 is never culled: {:?}", parse(&buf));
+        writer.join().unwrap();
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(3), &mut buf);
+        assert_eq!(parse(&buf), vec![4, 5, 6]);
+        assert!(!o.gap, "a reader at 3 saw everything that left");
+    });
+}
