@@ -168,7 +168,7 @@ pub struct Engine {
     config: EngineConfig,
     clock: Clock,
     shards: Box<[Shard]>,
-    by_uuid: DashMap<String, Arc<User>>,
+    by_uuid: DashMap<Arc<str>, Arc<User>>,
     next_user_id: AtomicI64,
     admin: Mutex<()>,
     writer: WriterHandle,
@@ -279,9 +279,10 @@ impl Engine {
                         left_ns: None,
                     }));
                     let capacity = self.config.mailbox_capacity;
-                    let user = Arc::new(User::new(id, uuid.to_owned(), display_name.into(), capacity, Some(created)));
+                    let key: Arc<str> = uuid.into();
+                    let user = Arc::new(User::new(id, key.clone(), display_name.into(), capacity, Some(created)));
                     self.user_shard(id).users.write().insert(id, user.clone());
-                    self.by_uuid.insert(uuid.to_owned(), user.clone());
+                    self.by_uuid.insert(key, user.clone());
                     (user, true)
                 }
             }
@@ -336,7 +337,7 @@ impl Engine {
             user.set_display_name(display_name.into());
             let commit = self.writer.submit_durable(Op::UpsertUser(UserRow {
                 id,
-                uuid: user.uuid.clone(),
+                uuid: user.uuid.to_string(),
                 display_name: display_name.to_owned(),
                 left_ns: user.mailbox.watermark(),
             }));

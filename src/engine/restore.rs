@@ -20,7 +20,7 @@ impl Engine {
             max_id = max_id.max(row.id);
             let user = Arc::new(User::new(
                 row.id,
-                row.uuid.clone(),
+                Arc::from(row.uuid.as_str()),
                 row.display_name.into(),
                 self.config.mailbox_capacity,
                 None,
@@ -29,7 +29,7 @@ impl Engine {
                 user.mailbox.lock().mark_left(ns);
             }
             self.user_shard(row.id).users.write().insert(row.id, user.clone());
-            self.by_uuid.insert(row.uuid, user);
+            self.by_uuid.insert(user.uuid.clone(), user);
         }
         self.next_user_id.fetch_max(max_id + 1, Ordering::Relaxed);
         for (a, b) in snapshot.contacts {

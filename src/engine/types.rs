@@ -6,6 +6,7 @@ use crate::render;
 use crate::writer::{Commit, Outcome};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use smallvec::SmallVec;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
@@ -47,13 +48,14 @@ impl FromStr for SessionId {
 pub struct User {
     /// Server-chosen id.
     pub id: i64,
-    /// External id; never changes.
-    pub uuid: String,
+    /// External id; never changes. Shared with the engine's index by uuid (one allocation).
+    pub uuid: Arc<str>,
     display_name: RwLock<Arc<str>>,
     /// The user's messages (sent and received).
     pub mailbox: Mailbox,
     contacts: Mutex<BTreeSet<i64>>,
-    sessions: Mutex<Vec<SessionId>>,
+    /// Live sessions; most users have at most one, which is kept inline (no allocation).
+    sessions: Mutex<SmallVec<[SessionId; 1]>>,
     /// The write that creates the user in the store; `None` when it came from the store.
     created: Option<Arc<Commit>>,
 }
@@ -61,14 +63,14 @@ pub struct User {
 impl User {
     /// A user with an empty mailbox of `capacity`; `created` is the commit of the write that
     /// creates it, `None` for a user restored from the store.
-    pub fn new(id: i64, uuid: String, display_name: Arc<str>, capacity: usize, created: Option<Arc<Commit>>) -> Self {
+    pub fn new(id: i64, uuid: Arc<str>, display_name: Arc<str>, capacity: usize, created: Option<Arc<Commit>>) -> Self {
         Self {
             id,
             uuid,
             display_name: RwLock::new(display_name),
             mailbox: Mailbox::new(capacity),
             contacts: Mutex::new(BTreeSet::new()),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(SmallVec::new()),
             created,
         }
     }
@@ -86,7 +88,7 @@ impl User {
 
     /// The user as the API shows it.
     pub fn view(&self) -> UserView {
-        UserView { id: self.id, uuid: self.uuid.clone(), display_name: self.display_name.read().to_string() }
+        UserView { id: self.id, uuid: self.uuid.to_string(), display_name: self.display_name.read().to_string() }
     }
 
     pub(crate) fn set_display_name(&self, name: Arc<str>) {
@@ -103,11 +105,16 @@ impl User {
     }
 
     pub(crate) fn remove_session(&self, uuid: SessionId) {
-        self.sessions.lock().retain(|&s| s != uuid);
+        self.sessions.lock().retain(|s| *s != uuid);
     }
 
-    pub(crate) fn take_sessions(&self) -> Vec<SessionId> {
+    pub(crate) fn take_sessions(&self) -> SmallVec<[SessionId; 1]> {
         std::mem::take(&mut *self.sessions.lock())
+    }
+
+    /// How many live sessions the user has.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
     }
 
     /// Contact ids, ascending.
