@@ -1,17 +1,17 @@
 //! Connection handling: a slow or idle client cannot hold a connection forever; a busy one keeps it.
 
-mod common;
+mod support;
 
-use common::TestServer;
 use std::time::{Duration, Instant};
+use support::server::{config, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let mut cfg = common::config("memory:", &[]);
+    let mut cfg = config("memory:", &[]);
     cfg.idle_timeout = Duration::from_millis(500);
     let srv = TestServer::start(&cfg).await;
-    let mut slow = tokio::net::TcpStream::connect(srv.server.local_addr()).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never the blank line
     let started = Instant::now();
     let mut buf = [0u8; 1024];
@@ -28,16 +28,16 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400), "closed before the timeout: {took:?}");
     // Meanwhile the server kept serving others.
-    assert_eq!(srv.get("/healthz").await.0, 200);
+    assert_eq!(srv.get("/healthz").await.status, 200);
     srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_connection_stays_open_and_an_idle_one_is_closed() {
-    let mut cfg = common::config("memory:", &[]);
+    let mut cfg = config("memory:", &[]);
     cfg.idle_timeout = Duration::from_millis(300);
     let srv = TestServer::start(&cfg).await;
-    let mut conn = tokio::net::TcpStream::connect(srv.server.local_addr()).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     // Requests every 100 ms for well over two idle periods: the connection must stay.
     let started = Instant::now();

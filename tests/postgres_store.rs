@@ -1,19 +1,18 @@
 //! The PostgreSQL store against a real server, at the `Store` trait: every op round-trips, a
 //! retried batch writes nothing twice, restore order, bounded culling, reconnecting after the
 //! server kills the connection (also under load), concurrent migrations, and a clear error when
-//! the server is unreachable. Each test gets a database of its own (see `support/pg.rs`).
+//! the server is unreachable. Each test gets a database of its own (see `support::pg`).
 
-#[path = "support/pg.rs"]
-mod pg;
+mod support;
 
 use chatbus::store::postgres::PostgresStore;
 use chatbus::store::sqlite::SqliteStore;
 use chatbus::store::{migrations, MessageRow, Op, SessionRow, Snapshot, Store, StoreOptions, UserRow};
-use pg::TestDb;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use support::pg::{self, TestDb};
 
 fn open(db: &TestDb) -> PostgresStore {
     PostgresStore::open(db.url(), &StoreOptions::default()).expect("open the postgres store")

@@ -22,6 +22,14 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(EXE).args(args).env_remove("RUST_LOG").stdin(Stdio::null()).output().expect("run chatbus")
 }
 
+/// Runs the binary with `args`, which must fail with a one-line error ([`one_line_error`]);
+/// returns the line.
+#[track_caller]
+pub fn run_to_error(args: &[&str]) -> String {
+    let out = run(args);
+    one_line_error(out.status, &String::from_utf8_lossy(&out.stderr))
+}
+
 /// An error exit: non-zero, one line on stderr, no panic. Returns the line.
 #[track_caller]
 pub fn one_line_error(status: ExitStatus, stderr: &str) -> String {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// One answer, already checked against the rules every answer follows.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Answer {
     /// `METHOD path`, for failure messages.
     pub request: String,
@@ -29,6 +29,12 @@ pub struct Answer {
     pub raw: Vec<u8>,
     /// The body parsed (`Null` for `204` and for `/metrics`).
     pub json: Value,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {} {}", self.request, self.status, self.text())
+    }
 }
 
 impl Answer {

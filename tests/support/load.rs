@@ -60,6 +60,8 @@ impl Party {
 pub struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<HashSet<String>>>,
+    /// How many sends were acknowledged (the size of `acked`), readable without the lock.
+    count: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
 }
 
@@ -68,13 +70,14 @@ impl Load {
     pub fn start(api: &Api, party: &Party, pace: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(HashSet::new()));
+        let count = Arc::new(AtomicUsize::new(0));
         let tasks = party
             .senders
             .iter()
             .enumerate()
             .map(|(i, session)| {
                 let (api, session, rx) = (api.clone(), session.clone(), party.receiver);
-                let (stop, acked) = (stop.clone(), acked.clone());
+                let (stop, acked, count) = (stop.clone(), acked.clone(), count.clone());
                 tokio::spawn(async move {
                     let mut failures = Vec::new();
                     let mut tick = tokio::time::interval(pace);
@@ -86,6 +89,7 @@ impl Load {
                         match api.try_send(&session, rx, &format!("{i}/{n}")).await {
                             Ok(r) if r.status == 200 => {
                                 acked.lock().unwrap().insert(uuid_of(r.response()));
+                                count.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(r) => failures.push(format!("{}: {}", r.status, r.text())),
                             Err(e) => {
@@ -99,12 +103,17 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, acked, tasks }
+        Self { stop, acked, count, tasks }
     }
 
     /// How many sends have been acknowledged so far.
     pub fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
+    }
+
+    /// The number of acknowledged sends, for a thread to watch the progress.
+    pub fn acked_counter(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
     }
 
     /// Waits until `more` further sends have been acknowledged.
