@@ -104,17 +104,7 @@ fn render_answer(c: &mut Criterion) {
 fn send(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new(&["bench"]));
     let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(usize::MAX), metrics.clone()).expect("writer");
-    let engine = Engine::new(
-        EngineConfig {
-            shards: 2,
-            mailbox_capacity: 1024,
-            session_ttl: Duration::from_secs(300),
-            message_ttl: Duration::from_secs(300),
-            durable_acks: false,
-        },
-        writer.handle(),
-        metrics,
-    );
+    let engine = Engine::new(EngineConfig::new(2, 1024), writer.handle(), metrics);
     // Setting up waits for the (memory) store's commits; a send does not wait for anything.
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let a = rt.block_on(engine.create_user("a", "")).expect("user").id;

@@ -34,11 +34,9 @@ fn main() {
     let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(usize::MAX), metrics.clone()).expect("writer");
     let engine = Engine::new(
         EngineConfig {
-            shards: 2,
-            mailbox_capacity: 1024,
             session_ttl: Duration::from_secs(3600),
             message_ttl: Duration::from_secs(3600),
-            durable_acks: false,
+            ..EngineConfig::new(2, 1024)
         },
         writer.handle(),
         metrics,

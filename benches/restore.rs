@@ -110,13 +110,7 @@ fn main() {
 fn engine() -> Engine {
     let metrics = Arc::new(Metrics::new(&["restore"]));
     let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(usize::MAX), metrics.clone()).expect("writer");
-    let config = EngineConfig {
-        shards: 2,
-        mailbox_capacity: 1024,
-        session_ttl: Duration::from_secs(300),
-        message_ttl: Duration::from_secs(300),
-        durable_acks: false,
-    };
+    let config = EngineConfig::new(2, 1024);
     let engine = Engine::new(config, writer.handle(), metrics);
     // The writer thread keeps running until the process exits; the bench ends right after.
     std::mem::forget(writer);

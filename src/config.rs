@@ -7,6 +7,17 @@ use std::time::Duration;
 /// 100k message rows is tens of MB, and a few seconds of the fastest sustained send rate.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
+/// Default for `--max-users`: a million users with a session each take about 700 MB (README,
+/// "Memory"), far beyond any benchmark and within a small server's memory.
+pub const DEFAULT_MAX_USERS: usize = 1_000_000;
+/// Default for `--max-sessions-per-user`: tabs and devices of one person, not a session flood.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
+/// Default for `--max-contacts-per-user`.
+pub const DEFAULT_MAX_CONTACTS_PER_USER: usize = 1_000;
+/// Default for `--max-connections`: ten times the largest benchmark; each idle connection costs
+/// a few KiB and a file descriptor.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// A connection that starts no request (a slow client's headers never complete, or an idle
 /// keep-alive connection) for a whole period of this length is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,6 +82,40 @@ pub struct Config {
     /// How long to keep retrying a store that is unreachable at start (0: fail at once)
     #[arg(long, env = "CHATBUS_CONNECT_TIMEOUT", value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Admin routes (users, listing sessions, opening a session for a user) require
+    /// `Authorization: Bearer TOKEN`
+    #[arg(long, env = "CHATBUS_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Allow listening on a non-loopback address without --admin-token (the API is then open
+    /// to anyone who can reach it, as the original's was)
+    #[arg(long, env = "CHATBUS_OPEN_ADMIN")]
+    pub open_admin: bool,
+
+    /// Sends per second per session (a token bucket holding as many); 0: no limit
+    #[arg(long, env = "CHATBUS_SEND_RATE", value_name = "N", default_value_t = 0)]
+    pub send_rate: u32,
+
+    /// Most users the server holds; creating more answers 503
+    #[arg(long, env = "CHATBUS_MAX_USERS", value_name = "N", default_value_t = DEFAULT_MAX_USERS,
+          value_parser = positive_count)]
+    pub max_users: usize,
+
+    /// Most live sessions one user may hold; opening more answers 429
+    #[arg(long, env = "CHATBUS_MAX_SESSIONS_PER_USER", value_name = "N",
+          default_value_t = DEFAULT_MAX_SESSIONS_PER_USER, value_parser = positive_count)]
+    pub max_sessions_per_user: usize,
+
+    /// Most contacts one user may have; adding more answers 429
+    #[arg(long, env = "CHATBUS_MAX_CONTACTS_PER_USER", value_name = "N",
+          default_value_t = DEFAULT_MAX_CONTACTS_PER_USER, value_parser = positive_count)]
+    pub max_contacts_per_user: usize,
+
+    /// Most open connections; more are answered 503 and closed, without disturbing the others
+    #[arg(long, env = "CHATBUS_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = positive_count)]
+    pub max_connections: usize,
 
     /// See [`IDLE_TIMEOUT`]. Not a flag: tests shorten it.
     #[arg(skip = IDLE_TIMEOUT)]

@@ -44,6 +44,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match chatbus::listener::raise_open_files_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     runtime.block_on(async {
         let server = match Server::start(&config).await {
             Ok(s) => s,

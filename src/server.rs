@@ -54,6 +54,12 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// A non-loopback listener without an admin token, and no `--open-admin`.
+    #[error(
+        "refusing to listen on {0} without --admin-token: anyone who can reach it could read and change every \
+         user (set --admin-token, listen on a loopback address, or pass --open-admin if that is intended)"
+    )]
+    OpenAdmin(SocketAddr),
 }
 
 /// A running server: its listener task and the threads behind the engine.
@@ -85,6 +91,9 @@ impl Server {
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
         let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        if config.admin_token.is_none() && !config.open_admin && !local.ip().is_loopback() {
+            return Err(StartError::OpenAdmin(local));
+        }
         let url = config.database_url.clone();
         let options = StoreOptions { durable: config.durable_acks, connect_timeout: config.connect_timeout };
         let metrics = Arc::new(Metrics::new(&router::metric_labels()));
@@ -117,6 +126,10 @@ impl Server {
                 session_ttl: config.session_ttl,
                 message_ttl: config.message_ttl,
                 durable_acks: config.durable_acks,
+                max_users: config.max_users,
+                max_sessions_per_user: config.max_sessions_per_user,
+                max_contacts_per_user: config.max_contacts_per_user,
+                send_rate: config.send_rate,
             },
             writer.handle(),
             metrics.clone(),
@@ -130,9 +143,10 @@ impl Server {
         let (stop, stopped) = oneshot::channel();
         let listening = tokio::spawn(listener::serve(Listening {
             listener,
-            api: Arc::new(Api::new(engine.clone(), metrics)),
+            api: Arc::new(Api::new(engine.clone(), metrics, config.admin_token.as_deref())),
             stop: stopped,
             idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
         }));
         Ok(Self { addr: local, stop, listening, engine, culler, writer, stop_timeout: config.stop_timeout })
     }

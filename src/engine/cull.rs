@@ -47,7 +47,7 @@ impl Engine {
         if s.last_active() >= idle_before {
             return;
         }
-        if self.session_shard(s.uuid).sessions.write().remove(&s.uuid).is_some() {
+        if self.unlink_session(s.uuid).is_some() {
             s.user.remove_session(s.uuid);
             self.writer.submit(Op::DeleteSession { uuid: s.uuid.0 });
             self.metrics.sessions_culled.inc();

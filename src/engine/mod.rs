@@ -66,7 +66,8 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +84,33 @@ pub struct EngineConfig {
     pub message_ttl: Duration,
     /// Answer a send only after the store committed it.
     pub durable_acks: bool,
+    /// Most users held (`--max-users`).
+    pub max_users: usize,
+    /// Most live sessions per user (`--max-sessions-per-user`).
+    pub max_sessions_per_user: usize,
+    /// Most contacts per user (`--max-contacts-per-user`).
+    pub max_contacts_per_user: usize,
+    /// Sends per second per session, 0 for no limit (`--send-rate`).
+    pub send_rate: u32,
+}
+
+impl EngineConfig {
+    /// The defaults of the command line, with `shards` and `mailbox_capacity` given (for
+    /// benchmarks and tests).
+    pub fn new(shards: usize, mailbox_capacity: usize) -> Self {
+        use crate::config as c;
+        Self {
+            shards,
+            mailbox_capacity,
+            session_ttl: Duration::from_secs(300),
+            message_ttl: Duration::from_secs(300),
+            durable_acks: false,
+            max_users: c::DEFAULT_MAX_USERS,
+            max_sessions_per_user: c::DEFAULT_MAX_SESSIONS_PER_USER,
+            max_contacts_per_user: c::DEFAULT_MAX_CONTACTS_PER_USER,
+            send_rate: 0,
+        }
+    }
 }
 
 /// What went wrong, in the engine's terms; [`crate::http`] maps these to the envelope.
@@ -100,6 +128,18 @@ pub enum EngineError {
     /// A user cannot be their own contact.
     #[error("user_id: a user cannot be their own contact")]
     SelfContact,
+    /// The server holds `--max-users` users.
+    #[error("uuid: the server holds its most users (--max-users); no more can be created")]
+    TooManyUsers,
+    /// The user holds `--max-sessions-per-user` sessions.
+    #[error("user_id: the user holds its most sessions (--max-sessions-per-user); close one first")]
+    TooManySessions,
+    /// The user has `--max-contacts-per-user` contacts.
+    #[error("user_id: the user has its most contacts (--max-contacts-per-user); remove one first")]
+    TooManyContacts,
+    /// The session's sends are over `--send-rate`; the next is allowed after the given time.
+    #[error("the session sends faster than --send-rate; retry after the time in Retry-After")]
+    SendRate(Duration),
     /// The write queue is at `--max-pending`.
     #[error("the write queue is full (--max-pending); retry shortly")]
     QueueFull,
@@ -169,6 +209,10 @@ pub struct Engine {
     clock: Clock,
     shards: Box<[Shard]>,
     by_uuid: DashMap<Arc<str>, Arc<User>>,
+    /// Users held (for `--max-users`).
+    user_count: AtomicUsize,
+    /// Live session ids in order, for `GET /api/sessions?after=` (changed under `admin`).
+    session_index: RwLock<BTreeSet<SessionId>>,
     next_user_id: AtomicI64,
     admin: Mutex<()>,
     writer: WriterHandle,
@@ -199,6 +243,8 @@ impl Engine {
             clock: Clock::new(),
             shards,
             by_uuid: DashMap::new(),
+            user_count: AtomicUsize::new(0),
+            session_index: RwLock::new(BTreeSet::new()),
             next_user_id: AtomicI64::new(1),
             admin: Mutex::new(()),
             writer,
@@ -270,6 +316,9 @@ impl Engine {
             match self.by_uuid.get(uuid).map(|u| u.clone()) {
                 Some(existing) => (existing, false),
                 None => {
+                    if self.user_count.load(Ordering::Relaxed) >= self.config.max_users {
+                        return Err(EngineError::TooManyUsers);
+                    }
                     self.require_store()?;
                     let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
                     let created = self.writer.submit_durable(Op::UpsertUser(UserRow {
@@ -283,6 +332,7 @@ impl Engine {
                     let user = Arc::new(User::new(id, key.clone(), display_name.into(), capacity, Some(created)));
                     self.user_shard(id).users.write().insert(id, user.clone());
                     self.by_uuid.insert(key, user.clone());
+                    self.user_count.fetch_add(1, Ordering::Relaxed);
                     (user, true)
                 }
             }
@@ -304,6 +354,7 @@ impl Engine {
         if users.get(&user.id).is_some_and(|u| Arc::ptr_eq(u, user)) {
             users.remove(&user.id);
             self.by_uuid.remove_if(&user.uuid, |_, u| Arc::ptr_eq(u, user));
+            self.user_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -326,6 +377,27 @@ impl Engine {
             .collect();
         all.sort_unstable_by_key(|u| u.id);
         all
+    }
+
+    /// At most `limit` users with ids greater than `after_id`, by id. Ids are handed out in
+    /// order and never reused, so this probes ids upwards: its cost follows the users returned
+    /// plus the ids deleted in between.
+    pub fn users_after(&self, after_id: i64, limit: usize) -> Vec<UserView> {
+        let end = self.next_user_id.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut id = after_id.max(0).saturating_add(1);
+        while id < end && out.len() < limit {
+            if let Some(u) = self.stored_user(id) {
+                out.push(u.view());
+            }
+            id += 1;
+        }
+        out
+    }
+
+    /// How many users there are.
+    pub fn user_count(&self) -> usize {
+        self.user_count.load(Ordering::Relaxed)
     }
 
     /// Sets a user's display name.
@@ -355,8 +427,9 @@ impl Engine {
             self.require_store()?;
             let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.by_uuid.remove(&user.uuid);
+            self.user_count.fetch_sub(1, Ordering::Relaxed);
             for uuid in user.take_sessions() {
-                self.session_shard(uuid).sessions.write().remove(&uuid);
+                self.unlink_session(uuid);
             }
             for other in user.take_contacts() {
                 if let Some(o) = self.user_arc(other) {
@@ -375,6 +448,9 @@ impl Engine {
         let session = {
             let _admin = self.admin.lock();
             let user = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
+            if user.session_count() >= self.config.max_sessions_per_user {
+                return Err(EngineError::TooManySessions);
+            }
             self.require_store()?;
             let uuid = SessionId::random();
             let now = self.clock.next();
@@ -385,16 +461,16 @@ impl Engine {
                 last_active_ns: now,
             }));
             let session = Arc::new(Session::new(uuid, user.clone(), now, now, Some(created.clone())));
-            user.add_session(uuid);
-            self.session_shard(uuid).sessions.write().insert(uuid, session.clone());
+            self.link_session(session.clone());
             (session, created)
         };
         let (session, created) = session;
         let outcome = committed(&created).await;
         if outcome == Err(EngineError::StoreRefused) {
             let _admin = self.admin.lock();
-            self.session_shard(session.uuid).sessions.write().remove(&session.uuid);
-            session.user.remove_session(session.uuid);
+            if let Some(s) = self.unlink_session(session.uuid) {
+                s.user.remove_session(s.uuid);
+            }
         }
         outcome?;
         Ok(session.view())
@@ -409,6 +485,41 @@ impl Engine {
             .collect();
         all.sort_unstable_by_key(|s| (s.created, s.uuid));
         all.iter().map(|s| s.view()).collect()
+    }
+
+    /// At most `limit` live sessions with ids after `after`, in id order.
+    pub fn sessions_after(&self, after: Option<SessionId>, limit: usize) -> Vec<SessionView> {
+        use std::ops::Bound;
+        // The index, then a shard: the order writers take them in too.
+        let index = self.session_index.read();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        index
+            .range((from, Bound::Unbounded))
+            .filter_map(|id| self.session(*id).ok())
+            .filter(|s| s.is_stored())
+            .take(limit)
+            .map(|s| s.view())
+            .collect()
+    }
+
+    /// How many live sessions there are.
+    pub fn session_count(&self) -> usize {
+        self.session_index.read().len()
+    }
+
+    /// Puts a session into its shard, its user's list and the index (under `admin`, or alone at
+    /// restore).
+    fn link_session(&self, session: Arc<Session>) {
+        session.user.add_session(session.uuid);
+        self.session_index.write().insert(session.uuid);
+        self.session_shard(session.uuid).sessions.write().insert(session.uuid, session);
+    }
+
+    /// Takes a session out of its shard and the index (under `admin`); its user's list is the
+    /// caller's.
+    fn unlink_session(&self, uuid: SessionId) -> Option<Arc<Session>> {
+        self.session_index.write().remove(&uuid);
+        self.session_shard(uuid).sessions.write().remove(&uuid)
     }
 
     /// Closes a session.
@@ -447,6 +558,11 @@ impl Engine {
             }
             if me.has_contact(other.id) {
                 return Ok(());
+            }
+            if me.contact_count() >= self.config.max_contacts_per_user
+                || other.contact_count() >= self.config.max_contacts_per_user
+            {
+                return Err(EngineError::TooManyContacts);
             }
             self.require_store()?;
             me.add_contact(other.id);
@@ -504,6 +620,9 @@ impl Engine {
         attachments: Option<String>,
     ) -> Result<Bytes, EngineError> {
         let receiver = self.stored_user(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
+        if self.config.send_rate > 0 {
+            session.take_send_token(self.config.send_rate, Clock::wall_ns()).map_err(EngineError::SendRate)?;
+        }
         self.writer.admit_send().map_err(|r| match r {
             Refusal::QueueFull => EngineError::QueueFull,
             Refusal::StoreStalled => EngineError::StoreStalled,

@@ -30,6 +30,7 @@ impl Engine {
             }
             self.user_shard(row.id).users.write().insert(row.id, user.clone());
             self.by_uuid.insert(user.uuid.clone(), user);
+            self.user_count.fetch_add(1, Ordering::Relaxed);
         }
         self.next_user_id.fetch_max(max_id + 1, Ordering::Relaxed);
         for (a, b) in snapshot.contacts {
@@ -41,10 +42,8 @@ impl Engine {
         for row in snapshot.sessions {
             let Some(user) = self.user_arc(row.user_id) else { continue };
             self.clock.advance_past(row.created_ns);
-            let uuid = SessionId(row.uuid);
-            user.add_session(uuid);
-            let session = Arc::new(Session::new(uuid, user, row.created_ns, row.last_active_ns, None));
-            self.session_shard(uuid).sessions.write().insert(uuid, session);
+            let session = Arc::new(Session::new(SessionId(row.uuid), user, row.created_ns, row.last_active_ns, None));
+            self.link_session(session);
         }
         for m in snapshot.messages {
             self.clock.advance_past(m.created_ns);

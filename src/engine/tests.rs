@@ -7,14 +7,7 @@ use std::collections::HashMap;
 fn engine(capacity: usize, shards: usize) -> (Writer, Arc<Engine>) {
     let metrics = Arc::new(Metrics::new(&["x"]));
     let writer = Writer::start(Box::new(MemoryStore), WriterConfig::new(1_000_000), metrics.clone()).unwrap();
-    let config = EngineConfig {
-        shards,
-        mailbox_capacity: capacity,
-        session_ttl: Duration::from_secs(300),
-        message_ttl: Duration::from_secs(300),
-        durable_acks: false,
-    };
-    let e = Arc::new(Engine::new(config, writer.handle(), metrics));
+    let e = Arc::new(Engine::new(EngineConfig::new(shards, capacity), writer.handle(), metrics));
     (writer, e)
 }
 
@@ -226,13 +219,7 @@ fn send_rejects_when_queue_full_and_unknown_receiver() {
         }
     }
     let _open_on_drop = OpenOnDrop(gate.clone());
-    let config = EngineConfig {
-        shards: 1,
-        mailbox_capacity: 4,
-        session_ttl: Duration::from_secs(300),
-        message_ttl: Duration::from_secs(300),
-        durable_acks: false,
-    };
+    let config = EngineConfig::new(1, 4);
     let e = Engine::new(config, writer.handle(), metrics);
     let a = user(&e, "a");
     let s = session(&e, a);

@@ -122,6 +122,11 @@ impl User {
         self.contacts.lock().iter().copied().collect()
     }
 
+    /// How many contacts the user has.
+    pub fn contact_count(&self) -> usize {
+        self.contacts.lock().len()
+    }
+
     /// Whether `id` is a contact.
     pub fn has_contact(&self, id: i64) -> bool {
         self.contacts.lock().contains(&id)
@@ -156,6 +161,9 @@ pub struct Session {
     persisted_active: AtomicI64,
     /// The write that creates the session in the store; `None` when it came from the store.
     created_in_store: Option<Arc<Commit>>,
+    /// `--send-rate`'s token bucket, as GCRA keeps it: the theoretical arrival time (ns) of the
+    /// next send. One atomic, no lock.
+    send_tat: AtomicI64,
 }
 
 /// `last_active` is only stored when it moved by at least this much, so a hot session's
@@ -172,6 +180,28 @@ impl Session {
             last_active: AtomicI64::new(last_active),
             persisted_active: AtomicI64::new(last_active),
             created_in_store: stored,
+            send_tat: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Takes one send from the session's token bucket — refilled at `rate` per second, holding
+    /// at most `rate` — at wall time `now`; or says how long until one is there. The generic cell
+    /// rate algorithm: a send at `now` is allowed when the next theoretical arrival time is at
+    /// most a bucket's worth ahead of `now`.
+    pub fn take_send_token(&self, rate: u32, now: i64) -> Result<(), std::time::Duration> {
+        let interval = 1_000_000_000 / i64::from(rate.max(1));
+        let burst = interval.saturating_mul(i64::from(rate.max(1)) - 1);
+        let mut tat = self.send_tat.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > burst {
+                let wait = start - burst - now;
+                return Err(std::time::Duration::from_nanos(wait.max(0) as u64));
+            }
+            match self.send_tat.compare_exchange_weak(tat, start + interval, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
         }
     }
 

@@ -31,6 +31,10 @@ pub enum ApiError {
     Engine(EngineError),
     /// `/readyz`: not ready.
     NotReady(NotReady),
+    /// An admin route without the admin token.
+    Unauthorized,
+    /// A query parameter is wrong; the message names it.
+    BadQuery(Cow<'static, str>),
 }
 
 impl ApiError {
@@ -52,6 +56,10 @@ impl ApiError {
             ApiError::Engine(e) => match e {
                 EngineError::NoSuchSession | EngineError::NoSuchUser(_) => StatusCode::NOT_FOUND,
                 EngineError::NoSuchReceiver | EngineError::SelfContact => StatusCode::BAD_REQUEST,
+                EngineError::TooManySessions | EngineError::TooManyContacts | EngineError::SendRate(_) => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                EngineError::TooManyUsers => StatusCode::SERVICE_UNAVAILABLE,
                 EngineError::QueueFull
                 | EngineError::StoreStalled
                 | EngineError::StoreUnreachable
@@ -60,6 +68,8 @@ impl ApiError {
                 EngineError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -75,6 +85,8 @@ impl ApiError {
             ApiError::BadRequest(m) => Cow::Borrowed(m),
             ApiError::Engine(e) => Cow::Owned(e.to_string()),
             ApiError::NotReady(n) => Cow::Owned(n.to_string()),
+            ApiError::Unauthorized => Cow::Borrowed("authorization: admin token required"),
+            ApiError::BadQuery(m) => Cow::Borrowed(m),
         }
     }
 }
@@ -95,8 +107,19 @@ impl From<NotReady> for ApiError {
 pub fn error_response(e: &ApiError) -> HttpResponse {
     let status = e.status();
     let mut res = respond(status, JSON, render::error(status.as_u16(), &e.message()));
-    if let ApiError::MethodNotAllowed(allow) = e {
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    match e {
+        ApiError::MethodNotAllowed(allow) => {
+            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        ApiError::Unauthorized => {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        ApiError::Engine(EngineError::SendRate(wait)) => {
+            // Whole seconds, at least 1, rounded up: a client that waits this long gets through.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        _ => {}
     }
     res
 }

@@ -15,6 +15,57 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
 /// Largest `attachments`, serialised compactly.
 pub const MAX_ATTACHMENTS_BYTES: usize = 16 * 1024;
 
+/// Most items one page of `GET /api/users` or `GET /api/sessions` holds, and most the
+/// unpaginated form answers (more is a 400 that says how to page).
+pub const MAX_PAGE: usize = 10_000;
+
+/// A page asked for in a query string: `limit`, and where to start after (`after_id` or `after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// At most this many (1..=[`MAX_PAGE`]).
+    pub limit: usize,
+    /// Start after this one.
+    pub after: Option<T>,
+}
+
+/// The query parameter `name`, percent-decoded; the last one wins.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    let (_, v) = query?.rsplit('&').map(|pair| pair.split_once('=').unwrap_or((pair, ""))).find(|(k, _)| *k == name)?;
+    Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy())
+}
+
+/// The page a query string asks for, with `after_name` parsed by `parse_after`; `None` when it
+/// has neither `limit` nor `after_name` (the unpaginated form).
+pub fn page<T>(
+    query: Option<&str>,
+    after_name: &'static str,
+    parse_after: impl Fn(&str) -> Option<T>,
+    what_after: &str,
+) -> Result<Option<Page<T>>, ApiError> {
+    let limit = query_param(query, "limit");
+    let after = query_param(query, after_name);
+    if limit.is_none() && after.is_none() {
+        return Ok(None);
+    }
+    let limit = match limit {
+        None => MAX_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadQuery(format!("limit: not a whole number from 1 to {MAX_PAGE}: {l:?}").into()))
+            }
+        },
+    };
+    let after = match after {
+        None => None,
+        Some(a) => Some(
+            parse_after(&a)
+                .ok_or_else(|| ApiError::BadQuery(format!("{after_name}: not {what_after}: {a:?}").into()))?,
+        ),
+    };
+    Ok(Some(Page { limit, after }))
+}
+
 /// An integer path segment named `field`.
 pub fn int_segment(seg: &str, field: &'static str) -> Result<i64, ApiError> {
     seg.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{field}: not an integer (or out of range): {seg:?}")))

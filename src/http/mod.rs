@@ -26,6 +26,7 @@ use body::ReadBody;
 pub use error::ApiError;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::Request;
 use response::HttpResponse;
 use router::Route;
@@ -33,16 +34,32 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The API: an engine and its metrics behind the routes of the contract.
-#[derive(Debug)]
 pub struct Api {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// `Bearer <--admin-token>`, when one is set.
+    admin: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Api").field("admin_token", &self.admin.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Api {
     /// The API over `engine`. `metrics` must have been made with [`router::metric_labels`].
-    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>) -> Self {
-        Self { engine, metrics }
+    /// With `admin_token`, the admin routes need `Authorization: Bearer <admin_token>`.
+    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, admin_token: Option<&str>) -> Self {
+        Self { engine, metrics, admin: admin_token.map(|t| format!("Bearer {t}").into_bytes()) }
+    }
+
+    /// Whether `headers` carry the admin token (or none is needed), compared in constant time.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(expected) = &self.admin else { return true };
+        headers.get(header::AUTHORIZATION).is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected)))
     }
 
     /// Answers one request; never fails (errors are envelopes).
@@ -54,15 +71,19 @@ impl Api {
             Err(too_large) => Err(too_large),
         };
         let metric = router::metric_index(&resolved);
+        // Precedence: unknown path, wrong method, then the admin token, then the body.
+        let denied = matches!(&resolved, Ok(route) if route.is_admin()) && !self.authorized(&parts.headers);
         // Only a routed request's body is kept; any other is drained so the connection lives on.
         let keep = match resolved {
             Ok(Route::Options) | Err(_) => 0,
+            Ok(_) if denied => 0,
             Ok(_) => body::MAX_REQUEST_BODY,
         };
         let (body, reusable) = body::read(&parts.headers, body, keep).await;
         let answer = match (resolved, body) {
             (Err(not_routed), _) => Err(ApiError::from(not_routed)),
-            (Ok(route), ReadBody::Complete(body)) => self.route(route, &parts.headers, &body).await,
+            (Ok(_), _) if denied => Err(ApiError::Unauthorized),
+            (Ok(route), ReadBody::Complete(body)) => self.route(route, &parts, &body).await,
             (Ok(Route::Options), _) => Ok(response::preflight(&parts.headers)),
             (Ok(_), ReadBody::TooLarge) => Err(ApiError::TooLarge),
             (Ok(_), ReadBody::Broken) => Err(ApiError::bad_request("request body: could not be read")),
@@ -78,19 +99,20 @@ impl Api {
     }
 
     /// Runs the route's handler.
-    async fn route(&self, route: Route<'_>, headers: &HeaderMap, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    async fn route(&self, route: Route<'_>, parts: &Parts, body: &[u8]) -> Result<HttpResponse, ApiError> {
         let e = &*self.engine;
+        let query = parts.uri.query();
         match route {
             Route::MessagesPoll(session, cutoff) => messages::poll(e, session, cutoff),
             Route::MessageSend(session) => messages::send(e, session, body).await,
             Route::Root => ops::root(),
-            Route::UsersList => users::list(e),
+            Route::UsersList => users::list(e, query),
             Route::UserCreate => users::create(e, body).await,
             Route::UserGet(id) => users::get(e, id),
             Route::UserGetByUuid(uuid) => users::get_by_uuid(e, uuid),
             Route::UserUpdate(id) => users::update(e, id, body).await,
             Route::UserDelete(id) => users::delete(e, id).await,
-            Route::SessionsList => sessions::list(e),
+            Route::SessionsList => sessions::list(e, query),
             Route::SessionOpen(user_id) => sessions::open(e, user_id).await,
             Route::SessionClose(session) => sessions::close(e, session).await,
             Route::ContactsList(session) => contacts::list(e, session),
@@ -99,7 +121,7 @@ impl Api {
             Route::Healthz => ops::healthz(),
             Route::Readyz => ops::readyz(e),
             Route::Metrics => ops::metrics(&self.metrics),
-            Route::Options => Ok(response::preflight(headers)),
+            Route::Options => Ok(response::preflight(&parts.headers)),
         }
     }
 }

@@ -68,6 +68,24 @@ pub enum Route<'a> {
     Options,
 }
 
+impl Route<'_> {
+    /// Whether the route is an admin route (contract: "Access control and limits"), which needs
+    /// the admin token when one is set. Everything a session does is authorised by its id.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Route::UsersList
+                | Route::UserCreate
+                | Route::UserGet(_)
+                | Route::UserGetByUuid(_)
+                | Route::UserUpdate(_)
+                | Route::UserDelete(_)
+                | Route::SessionsList
+                | Route::SessionOpen(_)
+        )
+    }
+}
+
 /// Why a request has no route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotRouted {

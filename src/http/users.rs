@@ -7,9 +7,15 @@ use super::router::Seg;
 use crate::engine::Engine;
 use std::borrow::Cow;
 
-/// `GET /api/users`: all users, by id.
-pub fn list(engine: &Engine) -> Result<HttpResponse, ApiError> {
-    Ok(ok_value(&engine.users()))
+/// `GET /api/users`: all users, by id; or with `?limit=N&after_id=ID`, a page of them.
+pub fn list(engine: &Engine, query: Option<&str>) -> Result<HttpResponse, ApiError> {
+    match input::page(query, "after_id", |s| s.parse::<i64>().ok(), "an integer")? {
+        Some(page) => Ok(ok_value(&engine.users_after(page.after.unwrap_or(0), page.limit))),
+        None if engine.user_count() > input::MAX_PAGE => Err(ApiError::BadQuery(
+            format!("limit: more than {} users; page through them with ?limit=N&after_id=ID", input::MAX_PAGE).into(),
+        )),
+        None => Ok(ok_value(&engine.users())),
+    }
 }
 
 /// `POST /api/user`: creates the user, or returns the one with that uuid unchanged.
