@@ -70,7 +70,13 @@ impl Chatbus {
     /// test's, without `RUST_LOG`); it must be told, one way or the other, to listen on
     /// 127.0.0.1:`port`.
     pub fn spawn_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(EXE)
+        Self::spawn_program(EXE, args, port, env)
+    }
+
+    /// Spawns `program` with `args` — a wrapper such as `prlimit` that runs the binary — as
+    /// [`Chatbus::spawn_on`] does.
+    pub fn spawn_program(program: &str, args: &[&str], port: u16, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")

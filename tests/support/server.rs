@@ -62,7 +62,8 @@ impl TestServer {
     /// Graceful stop, as SIGTERM does: finishes requests in flight and writes everything
     /// acknowledged to the store.
     pub async fn stop(self) {
-        self.server.shutdown().await;
+        let report = self.server.shutdown().await;
+        assert_eq!(report, chatbus::writer::StopReport::default(), "a test's graceful stop writes everything");
         drop(self.store);
     }
 }
