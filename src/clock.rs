@@ -54,7 +54,7 @@ impl Clock {
 }
 
 /// A timestamp split the way the contract's cursor and `:unix/:nano` paths spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Cursor {
     /// Seconds since the epoch (may be negative).
     pub unix: i64,

@@ -83,6 +83,14 @@ pub struct Config {
     #[arg(long, env = "CHATBUS_CONNECT_TIMEOUT", value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Longest `?wait=` a long-poll may ask for
+    #[arg(long, env = "CHATBUS_MAX_WAIT", value_name = "DUR", default_value = "60s", value_parser = positive_duration)]
+    pub max_wait: Duration,
+
+    /// Interval of the SSE comment and the WebSocket ping
+    #[arg(long, env = "CHATBUS_HEARTBEAT", value_name = "DUR", default_value = "15s", value_parser = positive_duration)]
+    pub heartbeat: Duration,
+
     /// Admin routes (users, listing sessions, opening a session for a user) require
     /// `Authorization: Bearer TOKEN`
     #[arg(long, env = "CHATBUS_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]

@@ -31,6 +31,15 @@
 //! the head it saw, or newer ones whose `pos` tells them apart. Retired rings go to the epoch
 //! like entries do — without their entries, which live on in the new ring.
 //!
+//! # Waiting
+//!
+//! A reader that found nothing (a held poll, a stream) registers as a waiter
+//! ([`Mailbox::register_waiter`]), checks [`Mailbox::newest`] once more, and sleeps until woken;
+//! a push tells its caller whether anyone may be waiting. Registration is a counter increment
+//! and a `SeqCst` fence; a push ends with a `SeqCst` fence and a load of the counter. Either the
+//! waiter's check sees the push or the push sees the waiter — never neither, so no wake-up is
+//! lost (model-checked with loom) — and with nobody waiting a push pays one fence and one load.
+//!
 //! # Memory reclamation: the one `unsafe` in chatbus
 //!
 //! Entries replaced or culled are freed through `crossbeam-epoch`: a reader pins the epoch once
@@ -55,18 +64,18 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
-use sync::{AtomicI64, AtomicU64, Mutex, MutexGuard, Ordering};
+use sync::{fence, AtomicI64, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// The atomics and the writer mutex: std and parking_lot normally, loom's under `chatbus_loom`.
 #[cfg(not(chatbus_loom))]
 mod sync {
     pub(super) use parking_lot::{Mutex, MutexGuard};
-    pub(super) use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    pub(super) use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 }
 
 #[cfg(chatbus_loom)]
 mod sync {
-    pub(super) use loom::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    pub(super) use loom::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
     pub(super) use loom::sync::MutexGuard;
 
     /// loom's mutex with parking_lot's signature.
@@ -152,6 +161,8 @@ pub struct Mailbox {
     left: AtomicI64,
     /// Serialises writers and holds their bookkeeping.
     writer: Mutex<WriterState>,
+    /// Readers waiting for the next push (held polls, streams); see "Waiting" in the module doc.
+    waiting: AtomicU32,
 }
 
 /// What only writers need, behind the writer mutex.
@@ -183,6 +194,7 @@ impl Mailbox {
             head: AtomicU64::new(0),
             left: AtomicI64::new(NO_WATERMARK),
             writer: Mutex::new(WriterState { capacity, ..WriterState::default() }),
+            waiting: AtomicU32::new(0),
         }
     }
 
@@ -197,6 +209,27 @@ impl Mailbox {
             NO_WATERMARK => None,
             ns => Some(ns),
         }
+    }
+
+    /// Registers a waiter: after this, a push either is seen by [`Mailbox::newest`] or reports
+    /// (from [`MailboxWriter::push`]) that someone waits. Pair with [`Mailbox::unregister_waiter`].
+    pub fn register_waiter(&self) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence in `push`: of the waiter's count and the pusher's head, at least
+        // one side sees the other's store (the store-buffer litmus test, forbidden by SeqCst).
+        fence(Ordering::SeqCst);
+    }
+
+    /// Takes back one [`Mailbox::register_waiter`].
+    pub fn unregister_waiter(&self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The `created` of the newest message held, if any. Lock-free.
+    pub fn newest(&self) -> Option<i64> {
+        let guard = epoch::pin();
+        let pos = self.head.load(Ordering::Acquire).checked_sub(1)?;
+        self.ring(&guard)?.entry(pos, &guard).map(|e| e.created)
     }
 
     /// The current ring, if any; valid while `guard` is pinned.
@@ -244,9 +277,8 @@ impl Mailbox {
     /// reports the newest one and whether there is a gap. The poll's hot path.
     ///
     /// Lock-free and without reference counting. Pinned once, it loads the head and then the
-    /// ring, finds the oldest entry to return by galloping back from the head (head-1, -2, -4,
-    /// …) and then bisecting, so the seek costs O(log k) loads for k messages returned (1 for an
-    /// empty poll); sizes the answer from the first and last entry's `offset`; and copies
+    /// ring, finds the oldest entry to return (`seek`: O(log k) loads for k messages returned, 1
+    /// for an empty poll), sizes the answer from the first and last entry's `offset`, and copies
     /// forward. If an entry left during the copy (a writer lapped the ring), everything copied
     /// before it is dropped, so the answer stays one contiguous run of the newest entries, and
     /// the watermark (loaded last) reports the gap.
@@ -257,40 +289,7 @@ impl Mailbox {
             drop(guard);
             return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
         };
-        let oldest = head.saturating_sub(ring.slots.len() as u64);
-        let wanted = |pos: u64| -> bool {
-            ring.entry(pos, &guard).is_some_and(|e| cutoff.is_none_or(|c| i128::from(e.created) > c))
-        };
-        // Find where the run of wanted entries that ends at the head begins. Timestamps increase
-        // with `pos`, so with no writer active the entries not wanted (older than the cutoff, or
-        // gone) form a prefix of [oldest, head) and this finds its end exactly. A cull or a
-        // lapping writer running meanwhile can clear slots in the middle of the run; the seek
-        // may then stop at any wanted slot, and the copy below — which drops what it copied
-        // before any slot it finds gone — still returns a contiguous run ending at the head,
-        // while the watermark, raised before each slot went, reports the gap. `start` is the
-        // oldest position known wanted, `gone` one known not.
-        let mut start = head;
-        let mut gone = None;
-        let mut step = 1;
-        while start > oldest {
-            let probe = start.saturating_sub(step).max(oldest);
-            if !wanted(probe) {
-                gone = Some(probe);
-                break;
-            }
-            start = probe;
-            step *= 2;
-        }
-        if let Some(mut gone) = gone {
-            while start - gone > 1 {
-                let mid = gone + (start - gone) / 2;
-                if wanted(mid) {
-                    start = mid;
-                } else {
-                    gone = mid;
-                }
-            }
-        }
+        let start = seek(ring, head, cutoff, &guard);
         if let (Some(first), Some(last)) = (ring.entry(start, &guard), ring.entry(head.wrapping_sub(1), &guard)) {
             let bytes = (last.offset + last.json.len() as u64).saturating_sub(first.offset) + (head - start);
             out.reserve(usize::try_from(bytes).unwrap_or(0));
@@ -316,6 +315,32 @@ impl Mailbox {
         ReadOutcome { newest, gap: self.gap_after(cutoff) }
     }
 
+    /// The oldest of the messages created strictly after `cutoff` (all when `None`), at most
+    /// `limit` of them, as `(created, json)` — for streams, which frame each message on its own.
+    /// The same lock-free read as [`Mailbox::read_into`]: a contiguous run of pushes, oldest
+    /// first, with the gap reported from the watermark loaded after it. Reference counts are
+    /// taken on the JSON (no copy).
+    pub fn read_messages(&self, cutoff: Option<i128>, limit: usize, out: &mut Vec<(i64, Bytes)>) -> ReadOutcome {
+        let guard = epoch::pin();
+        let head = self.head.load(Ordering::Acquire);
+        let Some(ring) = self.ring(&guard) else {
+            drop(guard);
+            return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
+        };
+        let start = seek(ring, head, cutoff, &guard);
+        let end = head.min(start.saturating_add(limit as u64));
+        let base = out.len();
+        for pos in start..end {
+            match ring.entry(pos, &guard) {
+                Some(e) => out.push((e.created, e.json.clone())),
+                None => out.truncate(base), // lapped under us: keep the run contiguous
+            }
+        }
+        drop(guard);
+        let newest = out.get(base..).and_then(|run| run.last()).map(|(c, _)| *c);
+        ReadOutcome { newest, gap: self.gap_after(cutoff) }
+    }
+
     /// Whether a message newer than `cutoff` has left (see the module doc).
     fn gap_after(&self, cutoff: Option<i128>) -> bool {
         match (self.watermark(), cutoff) {
@@ -323,14 +348,6 @@ impl Mailbox {
             (Some(_), None) => true,
             (Some(left), Some(c)) => c < i128::from(left),
         }
-    }
-
-    /// The `created` of the newest message held, if any.
-    #[cfg(test)]
-    fn newest(&self) -> Option<i64> {
-        let guard = epoch::pin();
-        let pos = self.head.load(Ordering::Acquire).checked_sub(1)?;
-        self.ring(&guard)?.entry(pos, &guard).map(|e| e.created)
     }
 
     /// Number of messages currently held (a snapshot).
@@ -346,6 +363,45 @@ impl Mailbox {
     pub(crate) fn is_empty(&self) -> bool {
         self.newest().is_none()
     }
+}
+
+/// Where the run of entries created after `cutoff` that ends at `head` begins: galloping back
+/// from the head (head-1, -2, -4, …), then bisecting, so it costs O(log k) loads for k entries.
+///
+/// Timestamps increase with `pos`, so with no writer active the entries not wanted (older than
+/// the cutoff, or gone) form a prefix of [oldest, head) and this finds its end exactly. A cull or
+/// a lapping writer running meanwhile can clear slots in the middle of the run; the seek may then
+/// stop at any wanted slot, and the readers — which drop what they read before any slot they
+/// find gone — still return a contiguous run ending at the head, while the watermark, raised
+/// before each slot went, reports the gap.
+fn seek(ring: &Ring, head: u64, cutoff: Option<i128>, guard: &Guard) -> u64 {
+    let oldest = head.saturating_sub(ring.slots.len() as u64);
+    let wanted =
+        |pos: u64| -> bool { ring.entry(pos, guard).is_some_and(|e| cutoff.is_none_or(|c| i128::from(e.created) > c)) };
+    // `start` is the oldest position known wanted, `gone` one known not.
+    let mut start = head;
+    let mut gone = None;
+    let mut step = 1;
+    while start > oldest {
+        let probe = start.saturating_sub(step).max(oldest);
+        if !wanted(probe) {
+            gone = Some(probe);
+            break;
+        }
+        start = probe;
+        step *= 2;
+    }
+    if let Some(mut gone) = gone {
+        while start - gone > 1 {
+            let mid = gone + (start - gone) / 2;
+            if wanted(mid) {
+                start = mid;
+            } else {
+                gone = mid;
+            }
+        }
+    }
+    start
 }
 
 impl Drop for Mailbox {
@@ -440,7 +496,9 @@ impl MailboxWriter<'_> {
     /// Appends a message. `created` must be greater than that of every message pushed before
     /// (the engine guarantees it by taking timestamps while holding this guard). Grows the ring
     /// when it is full and below the mailbox's capacity; otherwise overwrites the oldest.
-    pub fn push(&mut self, created: i64, json: Bytes) {
+    /// Returns whether a waiter may be waiting for it: then the caller wakes them (after letting
+    /// go of this guard). With nobody waiting it costs a fence and one load.
+    pub fn push(&mut self, created: i64, json: Bytes) -> bool {
         let mb = self.mailbox;
         let pos = mb.head.load(Ordering::Relaxed);
         let guard = epoch::pin();
@@ -453,7 +511,7 @@ impl MailboxWriter<'_> {
         } else {
             mb.ring(&guard)
         };
-        let Some(ring) = ring else { return }; // unreachable: a ring of at least one slot exists now
+        let Some(ring) = ring else { return false }; // unreachable: a ring of at least one slot exists now
         let offset = self.state.bytes;
         self.state.bytes += json.len() as u64;
         let new = Owned::new(Entry { pos, created, offset, json }).into_shared(&guard);
@@ -463,6 +521,9 @@ impl MailboxWriter<'_> {
         if self.state.tail < oldest {
             self.state.tail = oldest;
         }
+        // Pairs with the fence in `register_waiter` (see there).
+        fence(Ordering::SeqCst);
+        mb.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Records that a message created at `ns` left without being pushed here (used by restore

@@ -119,6 +119,11 @@ impl PollAnswer {
         Self { buf }
     }
 
+    /// Whether no message went in.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == HEAD_ROOM
+    }
+
     /// Where the comma-separated messages go (see `Mailbox::read_into`).
     pub fn messages(&mut self) -> &mut BytesMut {
         &mut self.buf

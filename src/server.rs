@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::cull::Culler;
 use crate::engine::{Engine, EngineConfig};
-use crate::http::{router, Api};
+use crate::http::{router, Api, ApiConfig};
 use crate::listener::{self, Listening};
 use crate::metrics::Metrics;
 use crate::store::{self, StoreOptions};
@@ -143,7 +143,15 @@ impl Server {
         let (stop, stopped) = oneshot::channel();
         let listening = tokio::spawn(listener::serve(Listening {
             listener,
-            api: Arc::new(Api::new(engine.clone(), metrics, config.admin_token.as_deref())),
+            api: Arc::new(Api::new(
+                engine.clone(),
+                metrics,
+                &ApiConfig {
+                    admin_token: config.admin_token.clone(),
+                    max_wait: config.max_wait,
+                    heartbeat: config.heartbeat,
+                },
+            )),
             stop: stopped,
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
@@ -161,6 +169,8 @@ impl Server {
     /// spill file, which the report names.
     pub async fn shutdown(self) -> StopReport {
         let Self { stop, listening, engine, culler, writer, stop_timeout, .. } = self;
+        // Held polls answer and streams end at once, so that the connections can drain.
+        engine.stop_waiting();
         let _ = stop.send(());
         if let Err(e) = listening.await {
             tracing::error!(error = %e, "the listener task failed");

@@ -21,7 +21,7 @@ impl Engine {
         let sessions: Vec<Arc<Session>> = shard.sessions.read().values().cloned().collect();
         let mut touches = Vec::new();
         for s in sessions {
-            if s.last_active() < idle_before {
+            if s.last_active() < idle_before && s.holds() == 0 {
                 self.expire_session(&s, idle_before);
             } else if flush_activity {
                 if let Some(ns) = s.take_unpersisted_activity() {
@@ -43,8 +43,8 @@ impl Engine {
 
     fn expire_session(&self, s: &Arc<Session>, idle_before: i64) {
         let _admin = self.admin.lock();
-        // A poll may have touched it since we looked.
-        if s.last_active() >= idle_before {
+        // A poll may have touched it, or a held poll or stream taken it, since we looked.
+        if s.last_active() >= idle_before || s.holds() > 0 {
             return;
         }
         if self.unlink_session(s.uuid).is_some() {

@@ -53,6 +53,9 @@
 mod cull;
 mod restore;
 mod types;
+mod wait;
+
+pub use wait::{Hold, Woken};
 
 pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
 
@@ -217,6 +220,10 @@ pub struct Engine {
     admin: Mutex<()>,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
+    /// Set at graceful stop: every waiter ends at once.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Wakes every waiter when `stopping` is set.
+    stop_waiters: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -249,6 +256,8 @@ impl Engine {
             admin: Mutex::new(()),
             writer,
             metrics,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            stop_waiters: tokio::sync::Notify::new(),
         }
     }
 
@@ -519,7 +528,9 @@ impl Engine {
     /// caller's.
     fn unlink_session(&self, uuid: SessionId) -> Option<Arc<Session>> {
         self.session_index.write().remove(&uuid);
-        self.session_shard(uuid).sessions.write().remove(&uuid)
+        let session = self.session_shard(uuid).sessions.write().remove(&uuid)?;
+        session.mark_closed();
+        Some(session)
     }
 
     /// Closes a session.
@@ -629,19 +640,24 @@ impl Engine {
         })?;
         let sender = &session.user;
         let uuid: u128 = rand::random();
-        let (created, json) = {
+        let (first, second) = if sender.id <= receiver.id { (sender, &receiver) } else { (&receiver, sender) };
+        let (created, json, wake_first, wake_second) = {
             // The ordering invariant (module doc): lock both mailboxes, then take the timestamp.
-            let (first, second) = if sender.id <= receiver.id { (sender, &receiver) } else { (&receiver, sender) };
             let mut first_w = first.mailbox.lock();
             let mut second_w = (first.id != second.id).then(|| second.mailbox.lock());
             let created = self.clock.next();
             let json = render::message(uuid, created, sender.id, receiver.id, body, attachments.as_deref());
-            first_w.push(created, json.clone());
-            if let Some(w) = second_w.as_mut() {
-                w.push(created, json.clone());
-            }
-            (created, json)
+            let wake_first = first_w.push(created, json.clone());
+            let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, json.clone()));
+            (created, json, wake_first, wake_second)
         };
+        // Waiters are woken once the mailboxes are unlocked: they re-read them at once.
+        if wake_first {
+            first.wake.notify_waiters();
+        }
+        if wake_second {
+            second.wake.notify_waiters();
+        }
         session.touch(Clock::wall_ns());
         let op = Op::Message(MessageRow {
             uuid,

@@ -10,8 +10,9 @@ use smallvec::SmallVec;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// A session's id: 128 bits from a cryptographically secure source, written as 32 lowercase hex
 /// digits. Holding it is what authorises a client to act as the session's user.
@@ -58,6 +59,9 @@ pub struct User {
     sessions: Mutex<SmallVec<[SessionId; 1]>>,
     /// The write that creates the user in the store; `None` when it came from the store.
     created: Option<Arc<Commit>>,
+    /// Wakes the user's waiters (held polls, streams): after a push into the mailbox that found
+    /// someone waiting, and when one of the user's sessions closes.
+    pub(crate) wake: Notify,
 }
 
 impl User {
@@ -72,6 +76,7 @@ impl User {
             contacts: Mutex::new(BTreeSet::new()),
             sessions: Mutex::new(SmallVec::new()),
             created,
+            wake: Notify::new(),
         }
     }
 
@@ -164,6 +169,10 @@ pub struct Session {
     /// `--send-rate`'s token bucket, as GCRA keeps it: the theoretical arrival time (ns) of the
     /// next send. One atomic, no lock.
     send_tat: AtomicI64,
+    /// Held polls and open streams: while any is held the session does not expire.
+    holds: AtomicU32,
+    /// Set once the session is closed (by a client, by expiry, with its user), so its waiters end.
+    closed: AtomicBool,
 }
 
 /// `last_active` is only stored when it moved by at least this much, so a hot session's
@@ -181,7 +190,36 @@ impl Session {
             persisted_active: AtomicI64::new(last_active),
             created_in_store: stored,
             send_tat: AtomicI64::new(i64::MIN),
+            holds: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// How many held polls and streams keep the session alive now.
+    pub fn holds(&self) -> u32 {
+        self.holds.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn hold(&self) {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn release(&self, now: i64) {
+        // Active until the last hold ends: the session TTL counts from now.
+        self.touch(now);
+        self.holds.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the session was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the session closed and wakes its user's waiters, so that held polls and streams of
+    /// this session end.
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.user.wake.notify_waiters();
     }
 
     /// Takes one send from the session's token bucket — refilled at `rate` per second, holding

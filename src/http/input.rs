@@ -66,6 +66,35 @@ pub fn page<T>(
     Ok(Some(Page { limit, after }))
 }
 
+/// The `?wait=` of a long-poll: `25s`, `500ms`, or whole seconds as a bare integer; `0` (or
+/// none) means no wait; more than `max` is a 400 naming `wait`.
+pub fn wait(query: Option<&str>, max: std::time::Duration) -> Result<std::time::Duration, ApiError> {
+    let Some(w) = query_param(query, "wait") else { return Ok(std::time::Duration::ZERO) };
+    let parsed = match w.parse::<u64>() {
+        Ok(secs) => Some(std::time::Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(&w).ok(),
+    };
+    match parsed {
+        Some(d) if d <= max => Ok(d),
+        Some(_) => Err(ApiError::BadQuery(
+            format!("wait: longer than --max-wait ({})", humantime::format_duration(max)).into(),
+        )),
+        None => Err(ApiError::BadQuery(format!("wait: not a duration (25s, 500ms, or whole seconds): {w:?}").into())),
+    }
+}
+
+/// A stream position as SSE's `Last-Event-ID` spells it: `<unix>.<nano>` with 9 digits of nano.
+pub fn event_id(value: &str) -> Result<Cursor, ApiError> {
+    let bad = || ApiError::bad_request(format!("Last-Event-ID: not <unix>.<nano> (9 digits): {value:?}"));
+    let (unix, nano) = value.split_once('.').ok_or_else(bad)?;
+    if nano.len() != 9 || !nano.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let unix = unix.parse::<i64>().map_err(|_| bad())?;
+    let nano = nano.parse::<u32>().map_err(|_| bad())?;
+    Ok(Cursor { unix, nano })
+}
+
 /// An integer path segment named `field`.
 pub fn int_segment(seg: &str, field: &'static str) -> Result<i64, ApiError> {
     seg.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{field}: not an integer (or out of range): {seg:?}")))

@@ -5,17 +5,43 @@ use super::input;
 use super::response::{ok, HttpResponse};
 use super::router::Seg;
 use crate::clock::Cursor;
-use crate::engine::{Engine, SessionId};
+use crate::engine::{Engine, EngineError, Hold, SessionId, Woken};
 use crate::render;
+use std::time::Duration;
 
-/// `GET /api/messages/:session_id[/:unix[/:nano]]`. One buffer: the mailbox copies the messages
-/// in, the envelope goes in front of them; an empty poll makes one small allocation.
-pub fn poll(engine: &Engine, session: Seg<SessionId>, cutoff: Seg<Option<Cursor>>) -> Result<HttpResponse, ApiError> {
+/// `GET /api/messages/:session_id[/:unix[/:nano]][?wait=DUR]`. One buffer: the mailbox copies
+/// the messages in, the envelope goes in front of them; an empty poll makes one small
+/// allocation.
+///
+/// With `?wait=` and nothing after the cutoff, the request is held (see
+/// [`Engine::wait_for_message`]) until a message after the cutoff arrives — then it answers
+/// with every message after the cutoff, exactly as a plain poll would — or the wait passes
+/// (`[]`, the cutoff as cursor), the session closes (404), or the server stops (at once, with
+/// what there is).
+pub async fn poll(
+    engine: &Engine,
+    session: Seg<SessionId>,
+    cutoff: Seg<Option<Cursor>>,
+    query: Option<&str>,
+    max_wait: Duration,
+) -> Result<HttpResponse, ApiError> {
     let session = engine.session(session?)?;
     let cutoff = cutoff?;
+    let wait = input::wait(query, max_wait)?;
     let mut answer = render::PollAnswer::new();
     let polled = engine.poll(&session, cutoff, answer.messages());
-    Ok(ok(answer.finish(polled.cursor, polled.gap)))
+    if wait.is_zero() || !answer.is_empty() || engine.is_stopping() {
+        return Ok(ok(answer.finish(polled.cursor, polled.gap)));
+    }
+    let hold = Hold::new(session);
+    match engine.wait_for_message(&hold, cutoff, Some(tokio::time::Instant::now() + wait)).await {
+        Woken::SessionClosed => Err(EngineError::NoSuchSession.into()),
+        Woken::Message | Woken::TimedOut | Woken::Stopping => {
+            let mut answer = render::PollAnswer::new();
+            let polled = engine.poll(hold.session(), cutoff, answer.messages());
+            Ok(ok(answer.finish(polled.cursor, polled.gap)))
+        }
+    }
 }
 
 /// `POST /api/message/:session_id`: the stored message.

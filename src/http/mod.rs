@@ -18,6 +18,7 @@ pub mod ops;
 pub mod response;
 pub mod router;
 pub mod sessions;
+pub mod stream;
 pub mod users;
 
 use crate::engine::Engine;
@@ -33,12 +34,25 @@ use router::Route;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The API's settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `--admin-token`.
+    pub admin_token: Option<String>,
+    /// `--max-wait`: the longest `?wait=`.
+    pub max_wait: std::time::Duration,
+    /// `--heartbeat`: the SSE comment and WebSocket ping interval.
+    pub heartbeat: std::time::Duration,
+}
+
 /// The API: an engine and its metrics behind the routes of the contract.
 pub struct Api {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     /// `Bearer <--admin-token>`, when one is set.
     admin: Option<Vec<u8>>,
+    max_wait: std::time::Duration,
+    heartbeat: std::time::Duration,
 }
 
 impl std::fmt::Debug for Api {
@@ -50,9 +64,15 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     /// The API over `engine`. `metrics` must have been made with [`router::metric_labels`].
-    /// With `admin_token`, the admin routes need `Authorization: Bearer <admin_token>`.
-    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, admin_token: Option<&str>) -> Self {
-        Self { engine, metrics, admin: admin_token.map(|t| format!("Bearer {t}").into_bytes()) }
+    /// With an admin token, the admin routes need `Authorization: Bearer <token>`.
+    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, config: &ApiConfig) -> Self {
+        Self {
+            engine,
+            metrics,
+            admin: config.admin_token.as_ref().map(|t| format!("Bearer {t}").into_bytes()),
+            max_wait: config.max_wait,
+            heartbeat: config.heartbeat,
+        }
     }
 
     /// Whether `headers` carry the admin token (or none is needed), compared in constant time.
@@ -103,7 +123,10 @@ impl Api {
         let e = &*self.engine;
         let query = parts.uri.query();
         match route {
-            Route::MessagesPoll(session, cutoff) => messages::poll(e, session, cutoff),
+            Route::MessagesPoll(session, cutoff) => messages::poll(e, session, cutoff, query, self.max_wait).await,
+            Route::MessagesStream(session, cutoff) => {
+                stream::open(&self.engine, session, cutoff, &parts.headers, self.heartbeat)
+            }
             Route::MessageSend(session) => messages::send(e, session, body).await,
             Route::Root => ops::root(),
             Route::UsersList => users::list(e, query),

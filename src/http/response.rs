@@ -3,12 +3,66 @@
 use crate::render;
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 
 /// The response type of every route.
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Body>;
+
+/// A response body: the whole of it at once (every enveloped answer), or a stream of chunks
+/// that a task sends as they come (`text/event-stream`), ending when the task drops its sender.
+#[derive(Debug)]
+pub struct Body(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Full(Full<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    /// All of it, now.
+    pub fn full(bytes: Bytes) -> Self {
+        Self(Inner::Full(Full::new(bytes)))
+    }
+
+    /// Chunks as they are sent on the channel.
+    pub fn stream(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self(Inner::Stream(rx))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.0 {
+            Inner::Full(full) => Pin::new(full).poll_frame(cx),
+            Inner::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Full(full) => full.is_end_stream(),
+            Inner::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Full(full) => full.size_hint(),
+            Inner::Stream(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// The content type of every enveloped answer.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
@@ -16,7 +70,7 @@ const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
 
 /// An answer with `status`, `content_type` and `body`, and the CORS header every answer carries.
 pub fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> HttpResponse {
-    let mut res = Response::new(Full::new(body));
+    let mut res = Response::new(Body::full(body));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);

@@ -58,6 +58,8 @@ pub enum Route<'a> {
     MessagesPoll(Seg<SessionId>, Seg<Option<Cursor>>),
     /// `POST /api/message/:session_id`, `POST /api/send/:session_id`
     MessageSend(Seg<SessionId>),
+    /// `GET /api/stream/:session_id[/:unix[/:nano]]`: Server-Sent Events
+    MessagesStream(Seg<SessionId>, Seg<Option<Cursor>>),
     /// `GET /healthz`
     Healthz,
     /// `GET /readyz`
@@ -152,6 +154,7 @@ enum Path<'a> {
     Contact(&'a str, &'a str),
     Messages(&'a str, Option<&'a str>, Option<&'a str>),
     Send(&'a str),
+    Stream(&'a str, Option<&'a str>, Option<&'a str>),
     Healthz,
     Readyz,
     Metrics,
@@ -173,6 +176,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRoute
     Ok(match p {
         Path::Messages(s, unix, nano) if get => Route::MessagesPoll(session(s), input::cutoff(unix, nano)),
         Path::Send(s) if post => Route::MessageSend(session(s)),
+        Path::Stream(s, unix, nano) if get => Route::MessagesStream(session(s), input::cutoff(unix, nano)),
         Path::Root if get => Route::Root,
         Path::Users if get => Route::UsersList,
         Path::Users | Path::User if post => Route::UserCreate,
@@ -232,6 +236,7 @@ fn parse_path(path: &str) -> Option<Path<'_>> {
             Path::Messages(s, unix, nano)
         }
         [Some("message" | "send"), Some(s), None, None, None] => Path::Send(s),
+        [Some("stream"), Some(s), unix, nano, None] if unix.is_some() || nano.is_none() => Path::Stream(s, unix, nano),
         [Some("users"), None, None, None, None] => Path::Users,
         [Some("user"), None, None, None, None] => Path::User,
         [Some("user"), Some(id), None, None, None] => Path::UserId(id),
@@ -277,6 +282,8 @@ mod tests {
             (M::GET, "/api/messages/s/1/2", "messages_poll"),
             (M::POST, "/api/message/s", "message_send"),
             (M::POST, "/api/send/s", "message_send"),
+            (M::GET, "/api/stream/s", "messages_stream"),
+            (M::GET, "/api/stream/s/1/2", "messages_stream"),
             (M::GET, "/healthz", "healthz"),
             (M::GET, "/readyz", "readyz"),
             (M::GET, "/metrics", "metrics"),
