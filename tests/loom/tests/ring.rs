@@ -138,3 +138,22 @@ fn reader_during_shrink_and_regrowth() {
         assert!(!o.gap, "a reader at 3 saw everything that left");
     });
 }
+
+/// The waiter's registration against a push: either the waiter's look after registering sees
+/// the message, or the push sees the waiter (and wakes it) — never neither, under every
+/// interleaving. A lost wake-up would leave a held poll asleep with its message in the mailbox.
+#[test]
+fn no_lost_wake_up() {
+    model(|| {
+        let mb = Arc::new(Mailbox::new(4));
+        let pusher = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || mb.lock().push(1, json(1)))
+        };
+        mb.register_waiter();
+        let saw_message = mb.newest().is_some();
+        let push_saw_waiter = pusher.join().unwrap();
+        assert!(saw_message || push_saw_waiter, "a lost wake-up");
+        mb.unregister_waiter();
+    });
+}
