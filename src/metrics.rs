@@ -15,6 +15,24 @@ struct RouteHandles {
     by_status: [IntCounter; COMMON_STATUSES.len()],
 }
 
+/// Adds one to a gauge until dropped (a held poll, an open stream).
+#[derive(Debug)]
+pub struct Counted(IntGauge);
+
+impl Counted {
+    /// `gauge` + 1, until this is dropped.
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric chatbus exports.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +59,12 @@ pub struct Metrics {
     pub messages_culled: IntCounter,
     /// Sessions closed for idleness.
     pub sessions_culled: IntCounter,
+    /// Long-polls held now.
+    pub waiting_polls: IntGauge,
+    /// Event streams open now.
+    pub open_streams: IntGauge,
+    /// WebSockets open now.
+    pub open_sockets: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,6 +125,9 @@ impl Metrics {
         ));
         let messages_culled = must(IntCounter::new("messages_culled_total", "Messages culled from the store"));
         let sessions_culled = must(IntCounter::new("sessions_culled_total", "Sessions closed for idleness"));
+        let waiting_polls = must(IntGauge::new("waiting_polls", "Long-polls held now"));
+        let open_streams = must(IntGauge::new("open_streams", "Server-Sent Event streams open now"));
+        let open_sockets = must(IntGauge::new("open_sockets", "WebSockets open now"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -113,6 +140,9 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(messages_culled.clone()),
             Box::new(sessions_culled.clone()),
+            Box::new(waiting_polls.clone()),
+            Box::new(open_streams.clone()),
+            Box::new(open_sockets.clone()),
         ] {
             must(registry.register(c));
         }
@@ -137,6 +167,9 @@ impl Metrics {
             dead_letters,
             messages_culled,
             sessions_culled,
+            waiting_polls,
+            open_streams,
+            open_sockets,
         }
     }
 

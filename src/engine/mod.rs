@@ -539,7 +539,7 @@ impl Engine {
             let _admin = self.admin.lock();
             self.session(uuid)?;
             self.require_store()?;
-            let session = self.session_shard(uuid).sessions.write().remove(&uuid).ok_or(EngineError::NoSuchSession)?;
+            let session = self.unlink_session(uuid).ok_or(EngineError::NoSuchSession)?;
             session.user.remove_session(uuid);
             self.writer.submit_durable(Op::DeleteSession { uuid: uuid.0 })
         };

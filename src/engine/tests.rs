@@ -262,3 +262,60 @@ fn session_ids_are_32_lowercase_hex_digits_both_ways() {
     let random = SessionId::random();
     assert_eq!(random.to_string().parse::<SessionId>(), Ok(random));
 }
+
+/// A waiter ends when its session closes, when a message arrives in its mailbox (not another's),
+/// when its deadline passes, and when the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_end_on_close_message_deadline_and_stop() {
+    let (_w, e) = engine(16, 2);
+    let a = e.create_user("a", "").await.unwrap().id;
+    let b = e.create_user("b", "").await.unwrap().id;
+    let open = |user| {
+        let e = e.clone();
+        async move {
+            let view = e.open_session(user).await.unwrap();
+            e.session(view.uuid.parse().unwrap()).unwrap()
+        }
+    };
+    let sa = open(a).await;
+    let sb = open(b).await;
+    let far = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+    // Closed.
+    let waiter = tokio::spawn({
+        let (e, s) = (e.clone(), sa.clone());
+        async move { e.wait_for_message(&Hold::new(s), None, far).await }
+    });
+    while sa.holds() == 0 {
+        tokio::task::yield_now().await;
+    }
+    e.close_session(sa.uuid).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), Woken::SessionClosed);
+    // A message into its mailbox, not into another's.
+    let sa = open(a).await;
+    let waiter = tokio::spawn({
+        let (e, s) = (e.clone(), sa.clone());
+        async move { e.wait_for_message(&Hold::new(s), None, far).await }
+    });
+    while sa.holds() == 0 {
+        tokio::task::yield_now().await;
+    }
+    at_once(e.send(&sb, b, "to b only", None)).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "woken by a push into another mailbox");
+    at_once(e.send(&sb, a, "to a", None)).unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), Woken::Message);
+    // The deadline, then the stop.
+    let cutoff = Some(Cursor::from_ns(Clock::wall_ns() + 1_000_000_000_000));
+    let soon = Some(tokio::time::Instant::now() + Duration::from_millis(50));
+    assert_eq!(e.wait_for_message(&Hold::new(sa.clone()), cutoff, soon).await, Woken::TimedOut);
+    let waiter = tokio::spawn({
+        let (e, s) = (e.clone(), sa.clone());
+        async move { e.wait_for_message(&Hold::new(s), cutoff, far).await }
+    });
+    while sa.holds() == 0 {
+        tokio::task::yield_now().await;
+    }
+    e.stop_waiting();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), Woken::Stopping);
+    assert_eq!(sa.holds(), 0, "every hold released");
+}

@@ -6,6 +6,7 @@ use super::response::{ok, HttpResponse};
 use super::router::Seg;
 use crate::clock::Cursor;
 use crate::engine::{Engine, EngineError, Hold, SessionId, Woken};
+use crate::metrics::{Counted, Metrics};
 use crate::render;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub async fn poll(
     cutoff: Seg<Option<Cursor>>,
     query: Option<&str>,
     max_wait: Duration,
+    metrics: &Metrics,
 ) -> Result<HttpResponse, ApiError> {
     let session = engine.session(session?)?;
     let cutoff = cutoff?;
@@ -34,6 +36,7 @@ pub async fn poll(
         return Ok(ok(answer.finish(polled.cursor, polled.gap)));
     }
     let hold = Hold::new(session);
+    let _counted = Counted::new(&metrics.waiting_polls);
     match engine.wait_for_message(&hold, cutoff, Some(tokio::time::Instant::now() + wait)).await {
         Woken::SessionClosed => Err(EngineError::NoSuchSession.into()),
         Woken::Message | Woken::TimedOut | Woken::Stopping => {

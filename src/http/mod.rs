@@ -123,9 +123,11 @@ impl Api {
         let e = &*self.engine;
         let query = parts.uri.query();
         match route {
-            Route::MessagesPoll(session, cutoff) => messages::poll(e, session, cutoff, query, self.max_wait).await,
+            Route::MessagesPoll(session, cutoff) => {
+                messages::poll(e, session, cutoff, query, self.max_wait, &self.metrics).await
+            }
             Route::MessagesStream(session, cutoff) => {
-                stream::open(&self.engine, session, cutoff, &parts.headers, self.heartbeat)
+                stream::open(&self.engine, session, cutoff, &parts.headers, self.heartbeat, &self.metrics)
             }
             Route::MessageSend(session) => messages::send(e, session, body).await,
             Route::Root => ops::root(),

@@ -22,6 +22,7 @@ use super::response::{respond, Body, HttpResponse};
 use super::router::Seg;
 use crate::clock::Cursor;
 use crate::engine::{Engine, Hold, SessionId, Woken};
+use crate::metrics::{Counted, Metrics};
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
@@ -42,9 +43,11 @@ pub fn open(
     cutoff: Seg<Option<Cursor>>,
     headers: &HeaderMap,
     heartbeat: Duration,
+    metrics: &Metrics,
 ) -> Result<HttpResponse, ApiError> {
     let session = engine.session(session?)?;
     let cutoff = cutoff?;
+    let engine = engine.clone();
     let start = match headers.get("last-event-id") {
         Some(v) => Some(input::event_id(v.to_str().unwrap_or("(not visible ASCII)"))?),
         None => cutoff,
@@ -52,7 +55,11 @@ pub fn open(
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     // Held from now: the session does not expire while the stream is open.
     let hold = Hold::new(session);
-    tokio::spawn(run(engine.clone(), hold, start, tx, heartbeat));
+    let counted = Counted::new(&metrics.open_streams);
+    tokio::spawn(async move {
+        run(engine, hold, start, tx, heartbeat).await;
+        drop(counted);
+    });
     let mut res = respond(StatusCode::OK, HeaderValue::from_static("text/event-stream"), Bytes::new());
     *res.body_mut() = Body::stream(rx);
     let h = res.headers_mut();
