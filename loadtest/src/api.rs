@@ -120,6 +120,22 @@ impl Cursor {
         Some(Cursor { unix: days * 86_400 + hour * 3600 + minute * 60 + second, nano })
     }
 
+    /// The position as a stream spells it: SSE's event `id` and `Last-Event-ID`, and the
+    /// WebSocket's `?cursor=`: `<unix>.<nano>` with nine digits of nano.
+    pub fn event_id(&self) -> String {
+        format!("{}.{:09}", self.unix, self.nano)
+    }
+
+    /// Parses [`Cursor::event_id`]'s form; anything else (fewer or more than nine digits of
+    /// nano, a sign on the nano) is `None`.
+    pub fn parse_event_id(s: &str) -> Option<Cursor> {
+        let (unix, nano) = s.split_once('.')?;
+        if nano.len() != 9 || !nano.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Cursor { unix: unix.parse().ok()?, nano: nano.parse().ok()? })
+    }
+
     /// Nanoseconds since the epoch (fits an i128 for every i64 second).
     pub fn as_nanos(&self) -> i128 {
         self.unix as i128 * 1_000_000_000 + self.nano as i128
@@ -156,6 +172,16 @@ mod tests {
         assert_eq!(c.nano, 0);
         assert_eq!(Cursor::parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), Cursor::ZERO);
         assert_eq!(Cursor::parse_rfc3339("2000-03-01T00:00:00.000000001Z").unwrap().unix, 951_868_800);
+    }
+
+    #[test]
+    fn event_ids_round_trip_with_nine_digits() {
+        let c = Cursor { unix: 1_471_756_932, nano: 5 };
+        assert_eq!(c.event_id(), "1471756932.000000005");
+        assert_eq!(Cursor::parse_event_id(&c.event_id()), Some(c));
+        for bad in ["1471756932.5", "1471756932", "x.000000005", "1.0000000001", "1.-00000001", ""] {
+            assert!(Cursor::parse_event_id(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

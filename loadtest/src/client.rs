@@ -154,7 +154,17 @@ impl Api {
 
     /// `GET /api/messages/:session_id/:unix/:nano`.
     pub async fn poll(&self, session: &str, cutoff: Cursor) -> Result<Poll> {
-        let path = cutoff.poll_path(session);
+        self.long_poll(session, cutoff, None).await
+    }
+
+    /// `GET /api/messages/:session_id/:unix/:nano?wait=<ms>ms`: held by the server until a
+    /// message after the cutoff arrives or the wait passes; without a wait, a plain poll. The
+    /// client's per-request timeout must be longer than the wait.
+    pub async fn long_poll(&self, session: &str, cutoff: Cursor, wait: Option<Duration>) -> Result<Poll> {
+        let mut path = cutoff.poll_path(session);
+        if let Some(wait) = wait {
+            path.push_str(&format!("?wait={}ms", wait.as_millis()));
+        }
         let (envelope, bytes) = self.call::<Vec<Message>>(Method::GET, &path, None::<&()>).await?;
         Ok(Poll {
             messages: envelope.response.unwrap_or_default(),
