@@ -22,9 +22,26 @@
 //!
 //! All users share one tokio runtime and one pool of keep-alive connections (`--connections`),
 //! so 10,000 users polling every second are 10,000 small tasks, not 10,000 threads or sockets.
+//!
+//! `--transport` picks how users receive (and, for `ws`, send); `poll` is the above.
+//!
+//! - `longpoll`: each user loops on `GET .../:unix/:nano?wait=W` with the cursor, no pause.
+//! - `sse`: each user holds one `GET /api/stream/:session` (Server-Sent Events) and reopens it
+//!   with `Last-Event-ID` if it drops.
+//! - `ws`: each user holds one WebSocket (`/api/ws/:session`), receives `message` frames and
+//!   sends as `send` frames; the `sent` frame with the same `ref` is the acknowledgement.
+//!
+//! Other transports send with `POST /api/message`. Every held poll, stream or socket is a
+//! connection of its own (M users, M sockets, plus the pool for sends). The checks are the same;
+//! on a stream "bad cursor" means an event `id` or frame `cursor` that is not the message's
+//! `created_utc`, and "out of order" a message not after the one the stream sent before it.
+//! Latency runs from just before the send to the poll answer, event or frame that delivers it.
+//! Gaps (`meta.gap`, `event: gap`, `gap` frames) are counted and reported.
+//!
 //! Exit status: 0 when every check is 0 and no request failed, 1 when a check failed, 2 when
-//! only requests failed (timeouts, errors).
+//! only requests failed (timeouts, errors, dropped streams).
 
+mod push;
 mod report;
 mod world;
 
@@ -43,32 +60,76 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use push::{long_poller, sse_user, ws_user, Dial, Target};
 use report::Timings;
-use world::{histogram, poller, sender, Counters, SimUser, World};
+use world::{histogram, poller, sender, Counters, SendVia, SimUser, World};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Simulate interval-polling chat users and check every delivery.
+/// How the simulated users receive their messages (and, for `ws`, send them).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Interval polling every P ms over the shared pool of --connections keep-alive connections.
+    Poll,
+    /// GET .../:unix/:nano?wait=W in a loop: one connection per user, held.
+    Longpoll,
+    /// Server-Sent Events, GET /api/stream/:session: one connection per user, held.
+    Sse,
+    /// WebSocket, /api/ws/:session, receiving and sending: one connection per user, held.
+    Ws,
+}
+
+impl Transport {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Poll => "poll",
+            Transport::Longpoll => "longpoll",
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+
+    /// Users receive through a stream or socket of their own, not poll answers.
+    pub(crate) fn is_stream(self) -> bool {
+        matches!(self, Transport::Sse | Transport::Ws)
+    }
+}
+
+/// Simulate chat users (polling, long-polling, Server-Sent Events or WebSocket) and check every
+/// delivery.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// The running chatbus.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// How users receive: poll, longpoll, sse or ws (ws also sends over the socket).
+    ///
+    /// longpoll, sse and ws hold one connection per user for the whole run, besides the
+    /// --connections pool that sends (and setup) use: M users need M + --connections sockets on
+    /// this side and as many connections on the server's, whose --max-connections (default
+    /// 10,000) must be above that. chatsim raises its soft open-files limit to the hard one
+    /// (`ulimit -Hn`) and refuses to start when that is too low.
+    #[arg(long, value_enum, default_value_t = Transport::Poll, verbatim_doc_comment)]
+    transport: Transport,
     /// Simulated users (M).
     #[arg(short = 'm', long, default_value_t = 1000)]
     users: usize,
-    /// Poll interval of each user in ms (P).
+    /// Poll interval of each user in ms (P); --transport poll only.
     #[arg(short = 'p', long, default_value_t = 1000)]
     poll_ms: u64,
+    /// How long the server may hold each long-poll (?wait=); --transport longpoll only.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    wait: Duration,
     /// Messages per second each user sends (R); 0.1 is one every 10 s.
     #[arg(short = 'r', long, default_value_t = 0.1)]
     rate: f64,
     /// How long users send; polling goes on through the drain period after it.
     #[arg(short = 'd', long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Longest wait after the run for outstanding messages [default: 2 poll intervals + 2 s].
+    /// Longest wait after the run for outstanding messages [default: 2 poll intervals + 2 s;
+    /// push transports: 5 s].
     #[arg(long, value_parser = humantime::parse_duration)]
     drain: Option<Duration>,
     /// Contacts per user.
@@ -77,13 +138,14 @@ struct Args {
     /// Characters per message body (1–1024).
     #[arg(long, default_value_t = 48)]
     body_chars: usize,
-    /// Requests in flight at most, and so keep-alive connections.
+    /// Requests in flight at most, and so keep-alive connections, of polls (poll), sends
+    /// (all but ws) and setup; for longpoll, sse and ws also the connects in flight at once.
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Runtime worker threads of the simulator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Per-request timeout.
+    /// Per-request timeout (a long-poll's is --wait plus this), and of opening a stream.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Where the latency plot (PNG) goes.
@@ -125,13 +187,17 @@ fn bar(len: u64, hidden: bool, template: &str) -> ProgressBar {
     bar
 }
 
-/// The run, phase by phase: setup, the users running, the drain, the report.
+/// The run, phase by phase: setup, the users running (after their streams are open), the
+/// drain, the report.
 async fn run(args: Args) -> Result<u8> {
     check_args(&args)?;
+    raise_open_files(&args)?;
     let api = Api::new(&args.url, args.connections, args.timeout);
     api.check_identity().await?;
     let world = Arc::new(setup(&args, &api).await?);
-    let mut users = start_users(&args, &api, &world);
+    let (mut users, vias) = start_receivers(&args, &api, &world)?;
+    connect(&args, &world).await;
+    start_senders(&args, &world, &mut users, vias);
     let progress = Progress::start(&args, &world);
     let (sending, sent_for) = let_users_send(&args, &mut users).await;
     let total = drain(&args, &world, users, progress, sent_for).await;
@@ -144,6 +210,24 @@ fn check_args(args: &Args) -> Result<()> {
     ensure!(args.poll_ms >= 1, "--poll-ms must be at least 1");
     ensure!((1..=1024).contains(&args.body_chars), "--body-chars must be 1..=1024");
     ensure!(args.rate >= 0.0 && args.rate.is_finite(), "--rate must be >= 0");
+    ensure!(args.transport != Transport::Longpoll || !args.wait.is_zero(), "--wait must be longer than 0");
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one; for the transports that hold a socket
+/// per user, fails when even that is too few for the users and the pool.
+fn raise_open_files(args: &Args) -> Result<()> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-files limit")?;
+    if args.transport != Transport::Poll {
+        let need = (args.users + args.connections + 64) as u64;
+        ensure!(
+            limit >= need,
+            "--transport {} holds a socket per user: {} users need about {need} open files, the limit is {limit} \
+             (raise the hard limit: ulimit -Hn)",
+            args.transport.name(),
+            args.users
+        );
+    }
     Ok(())
 }
 
@@ -169,10 +253,15 @@ async fn setup(args: &Args, api: &Api) -> Result<World> {
     let pairs = contact_pairs(m, args.contacts);
     let (users, sessions) = create(args, api, &tag, &pairs).await?;
     let world = new_world(users, sessions, &pairs);
+    let receiving = match args.transport {
+        Transport::Poll => format!("polling every {} ms", args.poll_ms),
+        Transport::Longpoll => format!("long-polling (wait {:?})", args.wait),
+        Transport::Sse => "on Server-Sent Events".to_owned(),
+        Transport::Ws => "on WebSockets".to_owned(),
+    };
     eprintln!(
-        "chatsim: {m} users ({} contact pairs), polling every {} ms, sending {} msg/s each ({:.0} msg/s in all) for {:?}",
+        "chatsim: {m} users ({} contact pairs), {receiving}, sending {} msg/s each ({:.0} msg/s in all) for {:?}",
         pairs.len(),
-        args.poll_ms,
         args.rate,
         args.rate * m as f64,
         args.duration
@@ -256,36 +345,101 @@ struct Users {
     stop_sends: watch::Sender<bool>,
 }
 
-/// Run: every user polls from a random phase of its interval, and sends likewise.
-fn start_users(args: &Args, api: &Api, world: &Arc<World>) -> Users {
+/// Run: every user starts receiving: polling from a random phase of its interval, or at once
+/// on the push transports. Returns how each user will send.
+fn start_receivers(args: &Args, api: &Api, world: &Arc<World>) -> Result<(Users, Vec<SendVia>)> {
     let m = args.users;
     let every = Duration::from_millis(args.poll_ms);
     let (stop_polls, polls_rx) = watch::channel(false);
-    let (stop_sends, sends_rx) = watch::channel(false);
+    let (stop_sends, _) = watch::channel(false);
     let mut pollers = JoinSet::new();
-    let mut senders = JoinSet::new();
+    let mut rng = rand::thread_rng();
+    // Long-polls: one request, so one connection, in flight per user, outside the sends' pool.
+    let long_polls = Api::new(&args.url, m, args.wait + args.timeout);
+    let dial = Arc::new(Dial {
+        target: Target::parse(&args.url)?,
+        handshakes: tokio::sync::Semaphore::new(args.connections.max(1)),
+        timeout: args.timeout,
+    });
+    let now = Instant::now();
+    let mut vias = Vec::with_capacity(m);
+    for me in 0..m as u32 {
+        let mut via = SendVia::Http(api.clone());
+        match args.transport {
+            Transport::Poll => {
+                let first = now + every.mul_f64(rng.gen::<f64>());
+                pollers.spawn(poller(world.clone(), api.clone(), me, first, every, polls_rx.clone()));
+            }
+            Transport::Longpoll => {
+                pollers.spawn(long_poller(world.clone(), long_polls.clone(), me, args.wait, polls_rx.clone()));
+            }
+            Transport::Sse => {
+                pollers.spawn(sse_user(world.clone(), dial.clone(), me, polls_rx.clone()));
+            }
+            Transport::Ws => {
+                let (tx, rx) = tokio::sync::mpsc::channel(16);
+                via = SendVia::Socket(tx);
+                pollers.spawn(ws_user(world.clone(), dial.clone(), me, rx, polls_rx.clone()));
+            }
+        }
+        vias.push(via);
+    }
+    let users = Users { started: now, pollers, senders: JoinSet::new(), stop_polls, stop_sends };
+    Ok((users, vias))
+}
+
+/// Every user sends from a random phase of its interval; the run's clock starts now.
+fn start_senders(args: &Args, world: &Arc<World>, users: &mut Users, vias: Vec<SendVia>) {
     let mut rng = rand::thread_rng();
     let now = Instant::now();
-    for me in 0..m as u32 {
-        let first = now + every.mul_f64(rng.gen::<f64>());
-        pollers.spawn(poller(world.clone(), api.clone(), me, first, every, polls_rx.clone()));
-        if args.rate > 0.0 {
-            let send_every = Duration::from_secs_f64(1.0 / args.rate);
-            let first = now + send_every.mul_f64(rng.gen::<f64>());
-            let start_contact = rng.gen_range(0..16);
-            senders.spawn(sender(
-                world.clone(),
-                api.clone(),
-                me,
-                first,
-                send_every,
-                args.body_chars,
-                start_contact,
-                sends_rx.clone(),
-            ));
-        }
+    users.started = now;
+    if args.rate <= 0.0 {
+        return;
     }
-    Users { started: now, pollers, senders, stop_polls, stop_sends }
+    let every = Duration::from_secs_f64(1.0 / args.rate);
+    for (me, via) in vias.into_iter().enumerate() {
+        let first = now + every.mul_f64(rng.gen::<f64>());
+        let start_contact = rng.gen_range(0..16);
+        users.senders.spawn(sender(
+            world.clone(),
+            via,
+            me as u32,
+            first,
+            every,
+            args.body_chars,
+            start_contact,
+            users.stop_sends.subscribe(),
+        ));
+    }
+}
+
+/// Sse and ws: waits until every user's stream or socket is open, or `--timeout` passed
+/// without one more opening, so the run measures delivery, not a storm of connects.
+async fn connect(args: &Args, world: &World) {
+    if !args.transport.is_stream() {
+        return;
+    }
+    let m = args.users as u64;
+    let bar = bar(m, args.no_progress, "connect {bar:40} {pos}/{len} streams {elapsed}");
+    let (mut last, mut progressed) = (0, Instant::now());
+    loop {
+        let open = world.c.streams_open.load(Relaxed);
+        bar.set_position(open);
+        if open >= m {
+            break;
+        }
+        if open > last {
+            (last, progressed) = (open, Instant::now());
+        } else if progressed.elapsed() > args.timeout {
+            eprintln!(
+                "chatsim: only {open} of {m} streams open after {:?} without progress; running anyway",
+                args.timeout
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
 }
 
 /// The progress bar and the task that refreshes it.
@@ -299,7 +453,7 @@ impl Progress {
     fn start(args: &Args, world: &Arc<World>) -> Progress {
         let progress = bar(args.duration.as_secs().max(1), args.no_progress, "{bar:30} {pos:>3}/{len}s  {msg}");
         let ticker = {
-            let (world, progress) = (world.clone(), progress.clone());
+            let (world, progress, stream) = (world.clone(), progress.clone(), args.transport.is_stream());
             tokio::spawn(async move {
                 let mut last = (0u64, 0u64, 0u64, Instant::now());
                 loop {
@@ -307,6 +461,11 @@ impl Progress {
                     let c = &world.c;
                     let (polls, sends, delivered) =
                         (c.polls.load(Relaxed), c.sends_acked.load(Relaxed), c.delivered.load(Relaxed));
+                    let receiving = if stream {
+                        format!("open {}  drops {}", c.streams_open.load(Relaxed), c.stream_drops.load(Relaxed))
+                    } else {
+                        format!("polls {:.0}/s", (polls - last.0) as f64 / last.3.elapsed().as_secs_f64().max(1e-3))
+                    };
                     let dt = last.3.elapsed().as_secs_f64().max(1e-3);
                     let p99 = world.delivery_us.lock().unwrap().value_at_quantile(0.99) as f64 / 1000.0;
                     let errors = c.poll_errors.load(Relaxed) + c.send_errors.load(Relaxed);
@@ -316,8 +475,7 @@ impl Progress {
                         + c.bad_cursor.load(Relaxed);
                     progress.set_position(world.start.elapsed().as_secs());
                     progress.set_message(format!(
-                        "polls {:.0}/s  sends {:.0}/s  delivered {delivered} ({:.0}/s)  p99 {p99:.1} ms  errors {errors}  bad {bad}",
-                        (polls - last.0) as f64 / dt,
+                        "{receiving}  sends {:.0}/s  delivered {delivered} ({:.0}/s)  p99 {p99:.1} ms  errors {errors}  bad {bad}",
                         (sends - last.1) as f64 / dt,
                         (delivered - last.2) as f64 / dt,
                     ));
@@ -347,8 +505,11 @@ async fn let_users_send(args: &Args, users: &mut Users) -> (Duration, Duration) 
 /// Drain: keep polling until every acknowledged message arrived, or the drain time is up; then
 /// stop the pollers. Returns how long after the start the last poller stopped.
 async fn drain(args: &Args, world: &World, mut users: Users, progress: Progress, sent_for: Duration) -> Duration {
-    let every = Duration::from_millis(args.poll_ms);
-    let drain = args.drain.unwrap_or(every * 2 + Duration::from_secs(2));
+    // Polls may find a message one interval late; a push delivers it at once.
+    let every = if args.transport == Transport::Poll { Duration::from_millis(args.poll_ms) } else { Duration::ZERO };
+    let default_drain =
+        if args.transport == Transport::Poll { every * 2 + Duration::from_secs(2) } else { Duration::from_secs(5) };
+    let drain = args.drain.unwrap_or(default_drain);
     let deadline = Instant::now() + drain;
     progress.bar.set_length((sent_for + drain).as_secs());
     let min_drain = Instant::now() + every + Duration::from_millis(50);

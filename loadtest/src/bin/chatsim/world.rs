@@ -1,15 +1,16 @@
-//! The simulated users: what they share (the [`World`]), the check of every poll answer against
-//! what was sent, and the two tasks each user runs, [`poller`] and [`sender`].
+//! The simulated users: what they share (the [`World`]), the check of every poll answer and
+//! every streamed message against what was sent, and the two tasks each user runs: a receiver
+//! ([`poller`] here, the push transports' in `push.rs`) and a [`sender`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatbus_loadtest::api::Cursor;
+use chatbus_loadtest::api::{Cursor, Message};
 use chatbus_loadtest::client::{Api, Poll};
 use hdrhistogram::Histogram;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 /// A simulated user.
@@ -36,11 +37,23 @@ pub(crate) struct Sent {
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// Poll answers (plain or long-poll).
     pub(crate) polls: AtomicU64,
+    /// Failed polls, and failed stream or socket connects.
     pub(crate) poll_errors: AtomicU64,
+    /// Bytes received by the receivers (poll answers, stream bodies, socket frames).
     pub(crate) poll_bytes: AtomicU64,
     pub(crate) messages_seen: AtomicU64,
+    /// `meta.gap: true` answers, `event: gap` events, `gap` frames.
     pub(crate) gaps: AtomicU64,
+    /// Streams (SSE) or sockets (WebSocket) opened, reconnects included.
+    pub(crate) streams_opened: AtomicU64,
+    /// Users whose stream or socket is open now.
+    pub(crate) streams_open: AtomicU64,
+    /// Streams or sockets that ended while the run still wanted them.
+    pub(crate) stream_drops: AtomicU64,
+    /// `: ping` comments and WebSocket pings received.
+    pub(crate) pings: AtomicU64,
     pub(crate) sends_acked: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) delivered: AtomicU64,
@@ -71,21 +84,21 @@ pub(crate) fn histogram() -> Histogram<u64> {
 }
 
 impl World {
-    fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
 
-    /// Acknowledged sends not delivered (yet).
+    /// Sends acknowledged, or not answered yet (a WebSocket's), and not delivered (yet).
     pub(crate) fn undelivered(&self) -> u64 {
         let mut n = 0;
         for outbox in &self.outbox {
-            n += outbox.lock().unwrap().iter().filter(|s| s.state == SendState::Acked && s.deliveries == 0).count()
+            n += outbox.lock().unwrap().iter().filter(|s| s.state != SendState::Failed && s.deliveries == 0).count()
                 as u64;
         }
         n
     }
 
-    fn error(&self, e: anyhow::Error) {
+    pub(crate) fn error(&self, e: anyhow::Error) {
         let mut errors = self.errors.lock().unwrap();
         if errors.len() < 5 {
             errors.push(format!("{e:#}"));
@@ -93,14 +106,20 @@ impl World {
     }
 
     /// Checks one poll answer of user `me` for `cutoff`; returns the next cutoff.
-    fn check(&self, me: u32, cutoff: Cursor, poll: &Poll, now_ns: u64, last_seq: &mut HashMap<u32, u64>) -> Cursor {
+    pub(crate) fn check(
+        &self,
+        me: u32,
+        cutoff: Cursor,
+        poll: &Poll,
+        now_ns: u64,
+        last_seq: &mut HashMap<u32, u64>,
+    ) -> Cursor {
         let c = &self.c;
         c.poll_bytes.fetch_add(poll.bytes as u64, Relaxed);
         c.messages_seen.fetch_add(poll.messages.len() as u64, Relaxed);
         if poll.gap {
             c.gaps.fetch_add(1, Relaxed);
         }
-        let my_id = self.users[me as usize].id;
         let mut prev = cutoff;
         let mut prev_uuid: Option<&str> = None;
         for m in &poll.messages {
@@ -114,53 +133,7 @@ impl World {
             }
             prev = prev.max(ts);
             prev_uuid = Some(&m.uuid);
-            let Some((sender, seq, sent_ns)) = parse_body(&m.body) else {
-                c.corrupt.fetch_add(1, Relaxed);
-                continue;
-            };
-            let Some(user) = self.users.get(sender as usize).filter(|u| u.id == m.sender_id) else {
-                c.corrupt.fetch_add(1, Relaxed);
-                continue;
-            };
-            let Some(&receiver) = self.by_id.get(&m.receiver_id) else {
-                c.corrupt.fetch_add(1, Relaxed);
-                continue;
-            };
-            let mut outbox = self.outbox[sender as usize].lock().unwrap();
-            let Some(sent) = outbox.get_mut(seq as usize).filter(|s| s.receiver == receiver && s.sent_ns == sent_ns)
-            else {
-                c.corrupt.fetch_add(1, Relaxed);
-                continue;
-            };
-            if m.receiver_id != my_id {
-                // The sender's own copy in its own mailbox: only order and repeats matter.
-                if user.id != my_id {
-                    c.corrupt.fetch_add(1, Relaxed); // someone else's message
-                } else if repeated {
-                    c.duplicated.fetch_add(1, Relaxed);
-                }
-                continue;
-            }
-            sent.deliveries += 1;
-            if sent.deliveries > 1 {
-                c.duplicated.fetch_add(1, Relaxed);
-                continue;
-            }
-            if sent.state == SendState::Failed {
-                c.delivered_unacked.fetch_add(1, Relaxed);
-            }
-            drop(outbox);
-            c.delivered.fetch_add(1, Relaxed);
-            let _ = self.delivery_us.lock().unwrap().record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
-            match last_seq.get_mut(&sender) {
-                Some(last) if seq <= *last => {
-                    c.out_of_order.fetch_add(1, Relaxed);
-                }
-                Some(last) => *last = seq,
-                None => {
-                    last_seq.insert(sender, seq);
-                }
-            }
+            self.deliver(me, m, repeated, now_ns, last_seq);
         }
         let expected = if poll.messages.is_empty() { cutoff } else { prev };
         match poll.cursor {
@@ -175,10 +148,124 @@ impl World {
             }
         }
     }
+
+    /// Checks one message that user `me`'s stream (SSE event or WebSocket frame) carried with
+    /// position `id`, the stream having been at `position` (the last message's id, or where it
+    /// started); returns the stream's new position. On a stream every message must come after
+    /// the one before it, and its `id` must be its `created_utc`.
+    pub(crate) fn check_event(
+        &self,
+        me: u32,
+        position: Option<Cursor>,
+        id: Option<Cursor>,
+        m: &Message,
+        now_ns: u64,
+        last_seq: &mut HashMap<u32, u64>,
+    ) -> Option<Cursor> {
+        let c = &self.c;
+        c.messages_seen.fetch_add(1, Relaxed);
+        let Some(ts) = Cursor::parse_rfc3339(&m.created_utc) else {
+            c.corrupt.fetch_add(1, Relaxed);
+            return position.max(id);
+        };
+        if id != Some(ts) {
+            c.bad_cursor.fetch_add(1, Relaxed);
+        }
+        let repeated = position.is_some_and(|p| ts <= p);
+        if let Delivery::First { in_order: true } = self.deliver(me, m, repeated, now_ns, last_seq) {
+            if repeated {
+                // New to us, yet not after what the stream already sent: it came late.
+                c.out_of_order.fetch_add(1, Relaxed);
+            }
+        }
+        position.max(Some(ts))
+    }
+
+    /// Accounts for message `m` delivered to user `me`: a first delivery records its latency
+    /// and checks the order of its sender's sequence numbers; `repeated` (at or before what the
+    /// receiver had already seen) tells a repeat of the user's own copy.
+    fn deliver(&self, me: u32, m: &Message, repeated: bool, now_ns: u64, last_seq: &mut HashMap<u32, u64>) -> Delivery {
+        let c = &self.c;
+        let my_id = self.users[me as usize].id;
+        let Some((sender, seq, sent_ns)) = parse_body(&m.body) else {
+            c.corrupt.fetch_add(1, Relaxed);
+            return Delivery::Corrupt;
+        };
+        let Some(user) = self.users.get(sender as usize).filter(|u| u.id == m.sender_id) else {
+            c.corrupt.fetch_add(1, Relaxed);
+            return Delivery::Corrupt;
+        };
+        let Some(&receiver) = self.by_id.get(&m.receiver_id) else {
+            c.corrupt.fetch_add(1, Relaxed);
+            return Delivery::Corrupt;
+        };
+        let mut outbox = self.outbox[sender as usize].lock().unwrap();
+        let Some(sent) = outbox.get_mut(seq as usize).filter(|s| s.receiver == receiver && s.sent_ns == sent_ns) else {
+            c.corrupt.fetch_add(1, Relaxed);
+            return Delivery::Corrupt;
+        };
+        if m.receiver_id != my_id {
+            // The sender's own copy in its own mailbox: only order and repeats matter.
+            if user.id != my_id {
+                c.corrupt.fetch_add(1, Relaxed); // someone else's message
+                return Delivery::Corrupt;
+            } else if repeated {
+                c.duplicated.fetch_add(1, Relaxed);
+                return Delivery::Again;
+            }
+            return Delivery::OwnCopy;
+        }
+        sent.deliveries += 1;
+        if sent.deliveries > 1 {
+            c.duplicated.fetch_add(1, Relaxed);
+            return Delivery::Again;
+        }
+        if sent.state == SendState::Failed {
+            c.delivered_unacked.fetch_add(1, Relaxed);
+        }
+        drop(outbox);
+        c.delivered.fetch_add(1, Relaxed);
+        let _ = self.delivery_us.lock().unwrap().record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
+        match last_seq.get_mut(&sender) {
+            Some(last) if seq <= *last => {
+                c.out_of_order.fetch_add(1, Relaxed);
+                Delivery::First { in_order: false }
+            }
+            Some(last) => {
+                *last = seq;
+                Delivery::First { in_order: true }
+            }
+            None => {
+                last_seq.insert(sender, seq);
+                Delivery::First { in_order: true }
+            }
+        }
+    }
+
+    /// Settles user `me`'s send `seq` (acknowledged or failed) if it is still in flight;
+    /// returns when it was sent, or `None` when there is no such send in flight.
+    pub(crate) fn settle(&self, me: u32, seq: usize, state: SendState) -> Option<u64> {
+        let mut outbox = self.outbox[me as usize].lock().unwrap();
+        let sent = outbox.get_mut(seq).filter(|s| s.state == SendState::InFlight)?;
+        sent.state = state;
+        Some(sent.sent_ns)
+    }
+}
+
+/// What [`World::deliver`] made of a message.
+enum Delivery {
+    /// Not one we sent to that user (counted).
+    Corrupt,
+    /// Delivered before (counted as duplicated).
+    Again,
+    /// The receiver's copy of its own send, the first time.
+    OwnCopy,
+    /// A first delivery; `in_order: false` when its sequence number was already passed (counted).
+    First { in_order: bool },
 }
 
 /// `cs <sender> <seq> <sent_ns> ...`
-fn parse_body(body: &str) -> Option<(u32, u64, u64)> {
+pub(crate) fn parse_body(body: &str) -> Option<(u32, u64, u64)> {
     let mut words = body.split(' ');
     if words.next()? != "cs" {
         return None;
@@ -225,10 +312,27 @@ pub(crate) async fn poller(
     }
 }
 
+/// How a user's sends go out.
+#[derive(Clone)]
+pub(crate) enum SendVia {
+    /// `POST /api/message/:session`; the 200 is the acknowledgement.
+    Http(Api),
+    /// A `send` frame on the user's WebSocket, written by its socket task (`push::ws_user`),
+    /// which also takes the `sent` frame that acknowledges it.
+    Socket(mpsc::Sender<Outgoing>),
+}
+
+/// A send handed to a user's socket task: the outbox entry `seq` it stands for.
+pub(crate) struct Outgoing {
+    pub(crate) seq: usize,
+    pub(crate) receiver_id: i64,
+    pub(crate) body: String,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn sender(
     world: Arc<World>,
-    api: Api,
+    via: SendVia,
     me: u32,
     first: Instant,
     every: Duration,
@@ -260,8 +364,20 @@ pub(crate) async fn sender(
         let mut body = format!("cs {me} {seq} {sent_ns} ");
         let want = body_chars.max(body.len());
         body.extend(FILLER.chars().cycle().take(want - body.len()));
+        let receiver_id = world.users[to as usize].id;
+        let api = match &via {
+            SendVia::Http(api) => api,
+            SendVia::Socket(socket) => {
+                // Acknowledged (or failed) by the socket task when the answer comes.
+                if socket.send(Outgoing { seq, receiver_id, body }).await.is_err() {
+                    world.c.send_errors.fetch_add(1, Relaxed);
+                    world.settle(me, seq, SendState::Failed);
+                }
+                continue;
+            }
+        };
         let t = Instant::now();
-        let result = api.send(&user.session, world.users[to as usize].id, &body).await;
+        let result = api.send(&user.session, receiver_id, &body).await;
         let state = match result {
             Ok(_) => {
                 world.c.sends_acked.fetch_add(1, Relaxed);
