@@ -50,7 +50,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use chatbus_loadtest::api::{Session, User};
 use chatbus_loadtest::client::Api;
 use clap::Parser;
@@ -196,7 +196,7 @@ async fn run(args: Args) -> Result<u8> {
     api.check_identity().await?;
     let world = Arc::new(setup(&args, &api).await?);
     let (mut users, vias) = start_receivers(&args, &api, &world)?;
-    connect(&args, &world).await;
+    connect(&args, &world).await?;
     start_senders(&args, &world, &mut users, vias);
     let progress = Progress::start(&args, &world);
     let (sending, sent_for) = let_users_send(&args, &mut users).await;
@@ -414,10 +414,11 @@ fn start_senders(args: &Args, world: &Arc<World>, users: &mut Users, vias: Vec<S
 }
 
 /// Sse and ws: waits until every user's stream or socket is open, or `--timeout` passed
-/// without one more opening, so the run measures delivery, not a storm of connects.
-async fn connect(args: &Args, world: &World) {
+/// without one more opening, so the run measures delivery, not a storm of connects. Fails
+/// when not one opened (a server without the route, say).
+async fn connect(args: &Args, world: &World) -> Result<()> {
     if !args.transport.is_stream() {
-        return;
+        return Ok(());
     }
     let m = args.users as u64;
     let bar = bar(m, args.no_progress, "connect {bar:40} {pos}/{len} streams {elapsed}");
@@ -431,6 +432,10 @@ async fn connect(args: &Args, world: &World) {
         if open > last {
             (last, progressed) = (open, Instant::now());
         } else if progressed.elapsed() > args.timeout {
+            if open == 0 {
+                let first = world.errors.lock().unwrap().first().cloned().unwrap_or_default();
+                bail!("--transport {}: no stream opened within {:?}: {first}", args.transport.name(), args.timeout);
+            }
             eprintln!(
                 "chatsim: only {open} of {m} streams open after {:?} without progress; running anyway",
                 args.timeout
@@ -440,6 +445,7 @@ async fn connect(args: &Args, world: &World) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bar.finish_and_clear();
+    Ok(())
 }
 
 /// The progress bar and the task that refreshes it.
