@@ -371,7 +371,14 @@ fn start_receivers(args: &Args, api: &Api, world: &Arc<World>) -> Result<(Users,
                 pollers.spawn(poller(world.clone(), api.clone(), me, first, every, polls_rx.clone()));
             }
             Transport::Longpoll => {
-                pollers.spawn(long_poller(world.clone(), long_polls.clone(), me, args.wait, polls_rx.clone()));
+                pollers.spawn(long_poller(
+                    world.clone(),
+                    long_polls.clone(),
+                    dial.clone(),
+                    me,
+                    args.wait,
+                    polls_rx.clone(),
+                ));
             }
             Transport::Sse => {
                 pollers.spawn(sse_user(world.clone(), dial.clone(), me, polls_rx.clone()));
@@ -413,18 +420,19 @@ fn start_senders(args: &Args, world: &Arc<World>, users: &mut Users, vias: Vec<S
     }
 }
 
-/// Sse and ws: waits until every user's stream or socket is open, or `--timeout` passed
-/// without one more opening, so the run measures delivery, not a storm of connects. Fails
-/// when not one opened (a server without the route, say).
+/// Push transports: waits until every user has connected (its stream or socket open, its
+/// first long-poll answered), or `--timeout` passed without one more, so the run measures
+/// delivery, not a storm of connects. Fails when not one connected (a server without the
+/// route, say).
 async fn connect(args: &Args, world: &World) -> Result<()> {
-    if !args.transport.is_stream() {
+    if args.transport == Transport::Poll {
         return Ok(());
     }
     let m = args.users as u64;
-    let bar = bar(m, args.no_progress, "connect {bar:40} {pos}/{len} streams {elapsed}");
+    let bar = bar(m, args.no_progress, "connect {bar:40} {pos}/{len} users {elapsed}");
     let (mut last, mut progressed) = (0, Instant::now());
     loop {
-        let open = world.c.streams_open.load(Relaxed);
+        let open = world.c.ready.load(Relaxed);
         bar.set_position(open);
         if open >= m {
             break;
@@ -434,10 +442,10 @@ async fn connect(args: &Args, world: &World) -> Result<()> {
         } else if progressed.elapsed() > args.timeout {
             if open == 0 {
                 let first = world.errors.lock().unwrap().first().cloned().unwrap_or_default();
-                bail!("--transport {}: no stream opened within {:?}: {first}", args.transport.name(), args.timeout);
+                bail!("--transport {}: no user connected within {:?}: {first}", args.transport.name(), args.timeout);
             }
             eprintln!(
-                "chatsim: only {open} of {m} streams open after {:?} without progress; running anyway",
+                "chatsim: only {open} of {m} users connected after {:?} without progress; running anyway",
                 args.timeout
             );
             break;

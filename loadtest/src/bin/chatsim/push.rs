@@ -91,23 +91,53 @@ fn backoff(n: u32) -> Duration {
 
 /// User `me`'s long-poll loop: `GET .../:unix/:nano?wait=W` with the cursor, again as soon as
 /// the answer came. `api` must allow one request in flight per user and time out after `wait`.
-pub(crate) async fn long_poller(world: Arc<World>, api: Api, me: u32, wait: Duration, mut stop: watch::Receiver<bool>) {
+///
+/// The first poll does not wait, and at most `--connections` of them are in flight at once:
+/// it opens the connection the user's long-polls then keep using, so 10,000 users do not
+/// connect at once (the server's accept backlog would overflow, and the connects wait for SYN
+/// retries, a second or more, which the first deliveries would count as latency).
+pub(crate) async fn long_poller(
+    world: Arc<World>,
+    api: Api,
+    dial: Arc<Dial>,
+    me: u32,
+    wait: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let session = world.users[me as usize].session.clone();
     let mut cutoff = Cursor::ZERO;
     let mut last_seq = HashMap::new();
     let mut failures = 0;
+    let mut connected = false;
     loop {
         let t = Instant::now();
-        let answer = tokio::select! {
-            answer = api.long_poll(&session, cutoff, Some(wait)) => answer,
-            _ = stop.changed() => return,
+        let answer = if connected {
+            tokio::select! {
+                answer = api.long_poll(&session, cutoff, Some(wait)) => answer,
+                _ = stop.changed() => return,
+            }
+        } else {
+            let _permit = dial.handshakes.acquire().await.expect("never closed");
+            tokio::select! {
+                answer = api.long_poll(&session, cutoff, None) => answer,
+                _ = stop.changed() => return,
+            }
         };
+        // The connecting poll is checked, but neither counted nor timed with the long-polls: it
+        // comes before the run, and is not held.
+        let long = connected;
+        if answer.is_ok() && !connected {
+            connected = true;
+            world.c.ready.fetch_add(1, Relaxed);
+        }
         let now_ns = world.now_ns();
         match answer {
             Ok(poll) => {
                 failures = 0;
-                world.c.polls.fetch_add(1, Relaxed);
-                let _ = world.poll_us.lock().unwrap().record((t.elapsed().as_micros() as u64).max(1));
+                if long {
+                    world.c.polls.fetch_add(1, Relaxed);
+                    let _ = world.poll_us.lock().unwrap().record((t.elapsed().as_micros() as u64).max(1));
+                }
                 cutoff = world.check(me, cutoff, &poll, now_ns, &mut last_seq);
             }
             Err(e) => {
@@ -119,6 +149,15 @@ pub(crate) async fn long_poller(world: Arc<World>, api: Api, me: u32, wait: Dura
                 failures += 1;
             }
         }
+    }
+}
+
+/// Counts a stream or socket just opened, and its user as ready the first time.
+fn count_open(world: &World, once: &mut bool) {
+    world.c.streams_opened.fetch_add(1, Relaxed);
+    world.c.streams_open.fetch_add(1, Relaxed);
+    if !std::mem::replace(once, true) {
+        world.c.ready.fetch_add(1, Relaxed);
     }
 }
 
@@ -231,6 +270,7 @@ pub(crate) async fn sse_user(world: Arc<World>, dial: Arc<Dial>, me: u32, mut st
     let mut last_event_id: Option<String> = None;
     let mut last_seq = HashMap::new();
     let mut failures = 0;
+    let mut opened_once = false;
     let mut events = Vec::new();
     loop {
         let opened = {
@@ -256,8 +296,7 @@ pub(crate) async fn sse_user(world: Arc<World>, dial: Arc<Dial>, me: u32, mut st
             }
         };
         failures = 0;
-        world.c.streams_opened.fetch_add(1, Relaxed);
-        world.c.streams_open.fetch_add(1, Relaxed);
+        count_open(&world, &mut opened_once);
         let mut parser = SseParser::default();
         let ended = loop {
             let frame = tokio::select! {
@@ -383,6 +422,7 @@ pub(crate) async fn ws_user(
     let mut position: Option<Cursor> = None;
     let mut last_seq = HashMap::new();
     let mut failures = 0;
+    let mut opened_once = false;
     let mut sending = true;
     let mut pending: HashSet<usize> = HashSet::new();
     loop {
@@ -420,8 +460,7 @@ pub(crate) async fn ws_user(
             }
         };
         failures = 0;
-        world.c.streams_opened.fetch_add(1, Relaxed);
-        world.c.streams_open.fetch_add(1, Relaxed);
+        count_open(&world, &mut opened_once);
         let ended = loop {
             tokio::select! {
                 _ = stop.changed() => {

@@ -50,6 +50,9 @@ pub(crate) struct Counters {
     pub(crate) streams_opened: AtomicU64,
     /// Users whose stream or socket is open now.
     pub(crate) streams_open: AtomicU64,
+    /// Users connected at least once: stream or socket opened, or (long-poll) a first poll
+    /// answered on a connection of its own.
+    pub(crate) ready: AtomicU64,
     /// Streams or sockets that ended while the run still wanted them.
     pub(crate) stream_drops: AtomicU64,
     /// `: ping` comments and WebSocket pings received.
