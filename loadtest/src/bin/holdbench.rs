@@ -85,10 +85,7 @@ fn rss(pid: u32) -> Result<u64> {
 async fn gauge(api: &Api, name: &str) -> Result<i64> {
     let metrics = api.request(Method::GET, "/metrics", None).await?;
     let text = String::from_utf8_lossy(&metrics.body);
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0))
+    Ok(text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0))
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -130,7 +127,7 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    while gauge_name.is_empty() && tasks.len() > 0 && idle_done.load(Ordering::Relaxed) < args.holds as u64 {
+    while gauge_name.is_empty() && !tasks.is_empty() && idle_done.load(Ordering::Relaxed) < args.holds as u64 {
         if Instant::now() > deadline {
             bail!("connections did not come up");
         }
