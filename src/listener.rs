@@ -20,7 +20,6 @@ use crate::http::Api;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,7 +70,8 @@ pub async fn serve(l: Listening) {
     let Listening { listener, api, mut stop, idle_timeout, max_connections } = l;
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut accept_errors = RateLimitedLog::default();
-    let graceful = GracefulShutdown::new();
+    // Told to every connection when the server stops: each finishes what it is doing and closes.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut builder = http1::Builder::new();
     builder.keep_alive(true).max_header_size(crate::http::limits::HYPER_MAX_HEADER_BYTES);
     loop {
@@ -100,12 +100,17 @@ pub async fn serve(l: Listening) {
         let _ = stream.set_nodelay(true);
         let api = api.clone();
         let progress = Arc::new(Progress::default());
+        let slot = Arc::new(slot);
         let svc = {
-            let progress = progress.clone();
-            service_fn(move |req| {
+            let (progress, slot) = (progress.clone(), slot.clone());
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let api = api.clone();
                 let progress = progress.clone();
                 progress.started.fetch_add(1, Ordering::Relaxed);
+                if req.headers().contains_key(hyper::header::UPGRADE) {
+                    // A WebSocket outlives this connection's task: it keeps the slot.
+                    req.extensions_mut().insert(crate::http::ConnectionSlot::new(slot.clone()));
+                }
                 async move {
                     let res = api.handle(req).await;
                     progress.finished.fetch_add(1, Ordering::Relaxed);
@@ -113,14 +118,19 @@ pub async fn serve(l: Listening) {
                 }
             })
         };
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        // With upgrades: a WebSocket takes the connection over after its 101.
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            watch_idle(conn, progress, idle_timeout).await;
+            watch_idle(conn, progress, idle_timeout, stopped).await;
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+    let _ = stopping.send(true);
+    // Every connection holds a slot: all slots back means all connections done.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(GRACE, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("requests still in flight after the grace period; stopping anyway");
     }
 }
@@ -151,17 +161,38 @@ struct Progress {
     finished: AtomicU64,
 }
 
+/// A connection that can be told to finish gracefully (hyper's, with or without upgrades).
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
 /// Serves a connection, closing it when a whole `idle_timeout` passes in which it started no
 /// request and has none in flight: a slow client that never finishes its headers, or an idle
 /// keep-alive connection, goes after between one and two periods. Costs two relaxed atomic adds
-/// per request and one timer per period.
-async fn watch_idle<C, E>(conn: C, progress: Arc<Progress>, idle_timeout: Duration)
-where
-    C: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
+/// per request and one timer per period. When the server stops, the connection finishes the
+/// request in flight and closes.
+async fn watch_idle<C: Graceful>(
+    conn: C,
+    progress: Arc<Progress>,
+    idle_timeout: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     tokio::pin!(conn);
     let mut seen = 0;
+    let mut told = false;
     loop {
         tokio::select! {
             biased;
@@ -170,6 +201,10 @@ where
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            _ = stopped.wait_for(|s| *s), if !told => {
+                told = true;
+                conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(idle_timeout) => {
                 let started = progress.started.load(Ordering::Relaxed);

@@ -35,6 +35,8 @@ pub enum ApiError {
     Unauthorized,
     /// A query parameter is wrong; the message names it.
     BadQuery(Cow<'static, str>),
+    /// `GET /api/ws/...` without a WebSocket upgrade.
+    UpgradeRequired,
 }
 
 impl ApiError {
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }
     }
 
@@ -87,6 +90,10 @@ impl ApiError {
             ApiError::NotReady(n) => Cow::Owned(n.to_string()),
             ApiError::Unauthorized => Cow::Borrowed("authorization: admin token required"),
             ApiError::BadQuery(m) => Cow::Borrowed(m),
+            ApiError::UpgradeRequired => Cow::Borrowed(
+                "upgrade: this route is a WebSocket (Connection: Upgrade, Upgrade: websocket, \
+                 Sec-WebSocket-Version: 13, Sec-WebSocket-Key)",
+            ),
         }
     }
 }
@@ -110,6 +117,10 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
     match e {
         ApiError::MethodNotAllowed(allow) => {
             res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        ApiError::UpgradeRequired => {
+            res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         ApiError::Unauthorized => {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

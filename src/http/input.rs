@@ -95,6 +95,16 @@ pub fn event_id(value: &str) -> Result<Cursor, ApiError> {
     Ok(Cursor { unix, nano })
 }
 
+/// A WebSocket's `?cursor=<unix>.<nano>` (nano as 9 digits); none: from the start.
+pub fn query_cursor(query: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    match query_param(query, "cursor") {
+        None => Ok(None),
+        Some(c) => event_id(&c).map(Some).map_err(|_| {
+            ApiError::BadQuery(format!("cursor: not <unix>.<nano> with nine digits of nano: {c:?}").into())
+        }),
+    }
+}
+
 /// An integer path segment named `field`.
 pub fn int_segment(seg: &str, field: &'static str) -> Result<i64, ApiError> {
     seg.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{field}: not an integer (or out of range): {seg:?}")))

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod response;
 pub mod router;
 pub mod sessions;
+pub mod socket;
 pub mod stream;
 pub mod users;
 
@@ -33,6 +34,25 @@ use response::HttpResponse;
 use router::Route;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A connection's place under `--max-connections`, handed to a WebSocket that takes the
+/// connection over, so that the place is freed only when both are done.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+impl ConnectionSlot {
+    /// The connection's place.
+    pub fn new(permit: Arc<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        Self(permit)
+    }
+}
+
+/// What a WebSocket upgrade needs of the connection: hyper's upgrade, and the connection's place.
+#[derive(Debug)]
+pub struct Upgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    slot: Option<ConnectionSlot>,
+}
 
 /// The API's settings (from the command line).
 #[derive(Debug, Clone)]
@@ -85,7 +105,16 @@ impl Api {
     /// Answers one request; never fails (errors are envelopes).
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Only a request asking to upgrade carries what a WebSocket needs.
+        let upgrade = if parts.headers.contains_key(header::UPGRADE) {
+            parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|on_upgrade| Upgrade { on_upgrade, slot: parts.extensions.remove::<ConnectionSlot>() })
+        } else {
+            None
+        };
         let resolved = match limits::check(&parts) {
             Ok(()) => router::resolve(&parts.method, parts.uri.path()),
             Err(too_large) => Err(too_large),
@@ -103,7 +132,7 @@ impl Api {
         let answer = match (resolved, body) {
             (Err(not_routed), _) => Err(ApiError::from(not_routed)),
             (Ok(_), _) if denied => Err(ApiError::Unauthorized),
-            (Ok(route), ReadBody::Complete(body)) => self.route(route, &parts, &body).await,
+            (Ok(route), ReadBody::Complete(body)) => self.route(route, &parts, &body, upgrade).await,
             (Ok(Route::Options), _) => Ok(response::preflight(&parts.headers)),
             (Ok(_), ReadBody::TooLarge) => Err(ApiError::TooLarge),
             (Ok(_), ReadBody::Broken) => Err(ApiError::bad_request("request body: could not be read")),
@@ -119,12 +148,21 @@ impl Api {
     }
 
     /// Runs the route's handler.
-    async fn route(&self, route: Route<'_>, parts: &Parts, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    async fn route(
+        &self,
+        route: Route<'_>,
+        parts: &Parts,
+        body: &[u8],
+        upgrade: Option<Upgrade>,
+    ) -> Result<HttpResponse, ApiError> {
         let e = &*self.engine;
         let query = parts.uri.query();
         match route {
             Route::MessagesPoll(session, cutoff) => {
                 messages::poll(e, session, cutoff, query, self.max_wait, &self.metrics).await
+            }
+            Route::MessagesSocket(session) => {
+                socket::open(&self.engine, session, query, &parts.headers, upgrade, self.heartbeat, &self.metrics)
             }
             Route::MessagesStream(session, cutoff) => {
                 stream::open(&self.engine, session, cutoff, &parts.headers, self.heartbeat, &self.metrics)

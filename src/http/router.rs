@@ -60,6 +60,8 @@ pub enum Route<'a> {
     MessageSend(Seg<SessionId>),
     /// `GET /api/stream/:session_id[/:unix[/:nano]]`: Server-Sent Events
     MessagesStream(Seg<SessionId>, Seg<Option<Cursor>>),
+    /// `GET /api/ws/:session_id`: a WebSocket
+    MessagesSocket(Seg<SessionId>),
     /// `GET /healthz`
     Healthz,
     /// `GET /readyz`
@@ -155,6 +157,7 @@ enum Path<'a> {
     Messages(&'a str, Option<&'a str>, Option<&'a str>),
     Send(&'a str),
     Stream(&'a str, Option<&'a str>, Option<&'a str>),
+    Socket(&'a str),
     Healthz,
     Readyz,
     Metrics,
@@ -177,6 +180,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRoute
         Path::Messages(s, unix, nano) if get => Route::MessagesPoll(session(s), input::cutoff(unix, nano)),
         Path::Send(s) if post => Route::MessageSend(session(s)),
         Path::Stream(s, unix, nano) if get => Route::MessagesStream(session(s), input::cutoff(unix, nano)),
+        Path::Socket(s) if get => Route::MessagesSocket(session(s)),
         Path::Root if get => Route::Root,
         Path::Users if get => Route::UsersList,
         Path::Users | Path::User if post => Route::UserCreate,
@@ -237,6 +241,7 @@ fn parse_path(path: &str) -> Option<Path<'_>> {
         }
         [Some("message" | "send"), Some(s), None, None, None] => Path::Send(s),
         [Some("stream"), Some(s), unix, nano, None] if unix.is_some() || nano.is_none() => Path::Stream(s, unix, nano),
+        [Some("ws"), Some(s), None, None, None] => Path::Socket(s),
         [Some("users"), None, None, None, None] => Path::Users,
         [Some("user"), None, None, None, None] => Path::User,
         [Some("user"), Some(id), None, None, None] => Path::UserId(id),
@@ -284,6 +289,7 @@ mod tests {
             (M::POST, "/api/send/s", "message_send"),
             (M::GET, "/api/stream/s", "messages_stream"),
             (M::GET, "/api/stream/s/1/2", "messages_stream"),
+            (M::GET, "/api/ws/s", "messages_socket"),
             (M::GET, "/healthz", "healthz"),
             (M::GET, "/readyz", "readyz"),
             (M::GET, "/metrics", "metrics"),
