@@ -297,6 +297,7 @@ pub(crate) async fn sse_user(world: Arc<World>, dial: Arc<Dial>, me: u32, mut st
         };
         failures = 0;
         count_open(&world, &mut opened_once);
+        let opened_at = Instant::now();
         let mut parser = SseParser::default();
         let ended = loop {
             let frame = tokio::select! {
@@ -356,7 +357,8 @@ pub(crate) async fn sse_user(world: Arc<World>, dial: Arc<Dial>, me: u32, mut st
             return;
         }
         world.c.stream_drops.fetch_add(1, Relaxed);
-        world.error(ended.context(format!("user {me}'s stream dropped; reopening")));
+        let age = opened_at.elapsed().as_secs_f64();
+        world.error(ended.context(format!("user {me}'s stream dropped {age:.1} s after it opened; reopening")));
         if pause(backoff(0), &mut stop).await {
             return;
         }
@@ -461,6 +463,7 @@ pub(crate) async fn ws_user(
         };
         failures = 0;
         count_open(&world, &mut opened_once);
+        let opened_at = Instant::now();
         let ended = loop {
             tokio::select! {
                 _ = stop.changed() => {
@@ -509,7 +512,8 @@ pub(crate) async fn ws_user(
             return;
         }
         world.c.stream_drops.fetch_add(1, Relaxed);
-        world.error(ended.context(format!("user {me}'s socket dropped; reopening")));
+        let age = opened_at.elapsed().as_secs_f64();
+        world.error(ended.context(format!("user {me}'s socket dropped {age:.1} s after it opened; reopening")));
         if pause(backoff(0), &mut stop).await {
             return;
         }
