@@ -11,14 +11,18 @@
 //! - [`listener`]: accepts connections and serves them with hyper; per-connection idle timer.
 //! - [`http`]: the contract's routes. [`http::router`] turns a method and path into a
 //!   [`Route`](http::router::Route) with typed segments; one file per resource holds its
-//!   handlers (`users`, `sessions`, `contacts`, `messages`, `ops`); [`http::input`] parses what
-//!   clients send; [`http::error`] is every error answer; [`http::body`] reads bodies in bounds.
+//!   handlers (`users`, `sessions`, `contacts`, `messages`, `ops`), with the push transports in
+//!   `stream` (Server-Sent Events) and `socket` (WebSocket); [`http::input`] parses what clients
+//!   send; [`http::error`] is every error answer; [`http::body`] reads bodies in bounds;
+//!   [`http::limits`] the request's own size limits.
 //! - [`cull`]: the thread that expires idle sessions and old messages, shard by shard.
 //! - [`engine`]: users, sessions, contacts and mailboxes in shards; the ordering invariant;
-//!   every mutation awaits its own durability. [`engine::SessionId`] is the session's id.
+//!   every mutation awaits its own durability; waiting for news (held polls, streams, sockets).
+//!   [`engine::SessionId`] is the session's id.
 //! - [`render`]: the JSON envelope, objects and timestamps; messages are rendered once, at send.
 //! - [`mailbox`]: the per-user ring buffer, read without locks.
-//! - [`writer`]: the dedicated thread that drains the write queue into the store in batches.
+//! - [`writer`]: the dedicated thread that drains the write queue into the store in batches;
+//!   poison ops set aside, a bound on what is acknowledged while the store fails, spill files.
 //! - [`store`]: the `Store` abstraction; SQLite (default), PostgreSQL, and `memory:`; one
 //!   migration runner.
 //! - [`clock`]: strictly increasing server timestamps, and the [`Cursor`](clock::Cursor) clients

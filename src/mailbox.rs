@@ -56,6 +56,12 @@
 //! shrinking are model-checked with loom in `tests/loom/` and stress-tested in this module's
 //! tests.
 //!
+//! # Why one file
+//!
+//! The ring, its readers and its writers share one invariant and one `unsafe` story, and the
+//! loom model (`tests/loom/`) compiles this file alone by path; so it stays whole (about 570
+//! lines, a third of them this documentation), with its tests beside it in `mailbox/tests.rs`.
+//!
 //! # Writers
 //!
 //! Writers (push and cull) are serialised by a small mutex per mailbox, taken through

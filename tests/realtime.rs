@@ -291,8 +291,8 @@ async fn a_slow_stream_reader_overrun_by_the_ring_gets_a_gap() {
 }
 
 /// The client of a chat app that keeps switching transports — long-poll, SSE (resuming with
-/// `Last-Event-ID`), plain polls — while 8 senders write: every acknowledged message exactly
-/// once, in order.
+/// `Last-Event-ID`), WebSocket (resuming with `?cursor=`), plain polls — while 8 senders write:
+/// every acknowledged message exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_across_transports_under_eight_senders() {
     let srv = TestServer::sqlite(&["--mailbox-capacity", "65536"]).await;
@@ -324,7 +324,25 @@ async fn exactly_once_across_transports_under_eight_senders() {
         assert!(Instant::now() < deadline, "only {} of {total}", seen.len());
         round += 1;
         let path = cursor_path(&rx_session, &cursor);
-        match round % 3 {
+        match round % 4 {
+            3 => {
+                let mut ws = ws_connect(
+                    &srv,
+                    &format!("/api/ws/{rx_session}?cursor={}.{:09}", cursor["unix"], cursor["nano"].as_i64().unwrap()),
+                )
+                .await;
+                for _ in 0..40 {
+                    let Ok(f) = ws_next(&mut ws, Duration::from_secs(10)).await else { break };
+                    assert_eq!(f["type"], "message", "no gap: the mailbox holds everything");
+                    assert_eq!(f["cursor"], support::timestamp::cursor(created(&f["message"])));
+                    cursor = f["cursor"].clone();
+                    seen.push(f["message"].clone());
+                    if seen.len() == total {
+                        break;
+                    }
+                }
+                let _ = ws.close(None).await;
+            }
             0 => {
                 let (meta, msgs) = api.poll(&format!("{path}?wait=2s")).await;
                 seen.extend(msgs);
@@ -363,4 +381,190 @@ async fn exactly_once_across_transports_under_eight_senders() {
     let times: Vec<i128> = seen.iter().map(created).collect();
     assert!(times.windows(2).all(|w| w[0] < w[1]), "in order");
     srv.stop().await;
+}
+
+// ---- WebSocket ---------------------------------------------------------------------------------
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(srv: &TestServer, path: &str) -> Ws {
+    let (ws, res) = tokio_tungstenite::connect_async(format!("ws://{}{path}", srv.addr())).await.expect("upgrade");
+    assert_eq!(res.status(), 101);
+    ws
+}
+
+/// The next JSON frame (answering pings meanwhile); `Err(close code)` when the server closed.
+async fn ws_next(ws: &mut Ws, limit: Duration) -> Result<Value, Option<u16>> {
+    loop {
+        match tokio::time::timeout(limit, ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).expect("JSON frame")),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// Messages from the cursor and live, sends over the socket with their `ref`, and every kind of
+/// bad frame answered with an `error` frame — the socket stays open through all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_delivers_sends_and_answers_bad_frames() {
+    let srv = TestServer::sqlite(&[]).await;
+    let api = srv.api();
+    let ([a, b, _], [sa, sb, _]) = three(&api).await;
+    let m1 = api.send(&sa, b, "one").await;
+    let m2 = api.send(&sa, b, "two").await;
+    let (u, n) = unix_nano(created(&m1));
+    let mut ws = ws_connect(&srv, &format!("/api/ws/{sb}?cursor={u}.{n:09}")).await;
+    let f = ws_next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(f, json!({"type": "message", "cursor": support::timestamp::cursor(created(&m2)), "message": m2}));
+    let m3 = api.send(&sa, b, "three, live").await;
+    assert_eq!(ws_next(&mut ws, Duration::from_secs(5)).await.unwrap()["message"], m3);
+
+    // A send over the socket: the answer carries the ref and the stored message, which also
+    // arrives as a message frame (senders see their own messages) and in a's mailbox.
+    ws.send(Message::text(json!({"type": "send", "ref": "c-17", "receiver_id": a, "body": "hi"}).to_string()))
+        .await
+        .unwrap();
+    let mut frames = [
+        ws_next(&mut ws, Duration::from_secs(5)).await.unwrap(),
+        ws_next(&mut ws, Duration::from_secs(5)).await.unwrap(),
+    ];
+    frames.sort_by_key(|f| f["type"].as_str().unwrap().to_owned());
+    assert_eq!(frames[1]["type"], "sent");
+    assert_eq!(frames[1]["ref"], "c-17");
+    let sent = frames[1]["message"].clone();
+    assert_eq!((&sent["sender_id"], &sent["receiver_id"], &sent["body"]), (&json!(b), &json!(a), &json!("hi")));
+    assert_eq!(
+        frames[0],
+        json!({"type": "message", "cursor": support::timestamp::cursor(created(&sent)), "message": sent})
+    );
+    assert_eq!(api.poll(&format!("/api/messages/{sa}")).await.1.last(), Some(&sent));
+
+    for (frame, reference, code, word) in [
+        (
+            json!({"type": "send", "ref": "c-18", "receiver_id": a, "body": "x".repeat(1025)}).to_string(),
+            json!("c-18"),
+            400,
+            "body",
+        ),
+        (
+            json!({"type": "send", "ref": "c-19", "receiver_id": 987_654, "body": "x"}).to_string(),
+            json!("c-19"),
+            400,
+            "receiver_id",
+        ),
+        (json!({"type": "send", "ref": "c-20"}).to_string(), json!("c-20"), 400, "receiver_id"),
+        (json!({"type": "dance", "ref": "c-21"}).to_string(), json!("c-21"), 400, "type"),
+        (json!({"ref": "c-22"}).to_string(), json!("c-22"), 400, "type"),
+        ("{not json".to_owned(), Value::Null, 400, "JSON"),
+        ("[1, 2]".to_owned(), Value::Null, 400, "object"),
+    ] {
+        ws.send(Message::text(frame.clone())).await.unwrap();
+        let e = ws_next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (&e["type"], &e["ref"], &e["http_code"]),
+            (&json!("error"), &reference, &json!(code)),
+            "{frame}: {e}"
+        );
+        assert!(e["message"].as_str().unwrap().contains(word), "{frame}: {e}");
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(ws_next(&mut ws, Duration::from_secs(5)).await.unwrap()["http_code"], 400);
+    // Still open and delivering.
+    let m4 = api.send(&sa, b, "after the errors").await;
+    assert_eq!(ws_next(&mut ws, Duration::from_secs(5)).await.unwrap()["message"], m4);
+    ws.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+/// Before the upgrade, errors are ordinary enveloped answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_errors_before_the_upgrade_are_enveloped() {
+    let srv = TestServer::sqlite(&[]).await;
+    let api = srv.api();
+    let a = api.user("a").await;
+    let s = api.session(a).await;
+    let r = api.get(&format!("/api/ws/{s}")).await;
+    err(&r, 426, "upgrade");
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    err(
+        &api.request("GET", &format!("/api/ws/{}", support::contract::NO_SESSION), None, &upgrade).await,
+        404,
+        "session",
+    );
+    err(&api.request("GET", &format!("/api/ws/{s}?cursor=1.5"), None, &upgrade).await, 400, "cursor");
+    srv.stop().await;
+}
+
+/// A frame over 64 KiB closes with 1009; a closed session closes with 1000; a stop with 1001; a
+/// peer that stops answering pings is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_closes_with_the_contracts_codes() {
+    let srv = TestServer::sqlite(&["--heartbeat", "300ms"]).await;
+    let api = srv.api();
+    let a = api.user("a").await;
+    let s = api.session(a).await;
+    /// Reads frames until the close; returns its code.
+    async fn close_code(ws: &mut Ws) -> Option<u16> {
+        loop {
+            match ws_next(ws, Duration::from_secs(5)).await {
+                Ok(_) => {}
+                Err(code) => return code,
+            }
+        }
+    }
+    let open_sockets = || {
+        let api = api.clone();
+        async move {
+            let m = api.get("/metrics").await.text();
+            m.lines().find_map(|l| l.strip_prefix("chatbus_open_sockets ")).map(|v| v.trim().parse::<i64>().unwrap())
+        }
+    };
+
+    let mut ws = ws_connect(&srv, &format!("/api/ws/{s}")).await;
+    ws.send(Message::text("x".repeat(64 * 1024 + 1))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(u16::from(CloseCode::Size)), "over 64 KiB: 1009");
+
+    let mut ws = ws_connect(&srv, &format!("/api/ws/{s}")).await;
+    let text64 = json!({"type": "send", "ref": "r", "receiver_id": a, "body": "y", "pad": "z".repeat(64 * 1024 - 80)})
+        .to_string();
+    assert!(text64.len() <= 64 * 1024);
+    ws.send(Message::text(text64)).await.unwrap();
+    let mut kinds = HashSet::new();
+    while kinds.len() < 2 {
+        kinds.insert(ws_next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"].as_str().unwrap().to_owned());
+    }
+    assert!(kinds.contains("sent"), "64 KiB is allowed: {kinds:?}");
+
+    support::client::ok_plain(&api.delete(&format!("/api/session/{s}")).await);
+    assert_eq!(close_code(&mut ws).await, Some(u16::from(CloseCode::Normal)), "session closed: 1000");
+    wait_until("no socket open", Duration::from_secs(10), || async { open_sockets().await == Some(0) }).await;
+
+    // A peer that reads nothing answers no ping: closed after about two heartbeats.
+    let s2 = api.session(a).await;
+    let silent = ws_connect(&srv, &format!("/api/ws/{s2}")).await;
+    let started = Instant::now();
+    wait_until("the socket to open", Duration::from_secs(10), || async { open_sockets().await == Some(1) }).await;
+    wait_until("the silent peer to be closed", Duration::from_secs(10), || async { open_sockets().await == Some(0) })
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(550), "closed after {:?}", started.elapsed());
+    drop(silent);
+
+    let s3 = api.session(a).await;
+    let mut ws = ws_connect(&srv, &format!("/api/ws/{s3}")).await;
+    wait_until("the socket to open", Duration::from_secs(10), || async { open_sockets().await == Some(1) }).await;
+    let stopping = tokio::spawn(srv.stop());
+    assert_eq!(close_code(&mut ws).await, Some(u16::from(CloseCode::Away)), "server stopping: 1001");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the stop completed").unwrap();
 }

@@ -47,12 +47,16 @@
 //!
 //! # Files
 //!
-//! [`types`](self) holds the records and ids, `restore` the start-up load, `cull` the expiry of
-//! idle sessions and old messages.
+//! This file holds the shape, the errors and the hot path (poll and send); `users`, `sessions`
+//! and `contacts` hold the rare mutations; `types` the records and ids; `wait` held polls and
+//! streams; `restore` the start-up load; `cull` the expiry of idle sessions and old messages.
 
+mod contacts;
 mod cull;
 mod restore;
+mod sessions;
 mod types;
+mod users;
 mod wait;
 
 pub use wait::{Hold, Woken};
@@ -63,14 +67,14 @@ use crate::clock::{Clock, Cursor};
 use crate::metrics::Metrics;
 use crate::render;
 use crate::store::ErrorKind;
-use crate::store::{MessageRow, Op, SessionRow, UserRow};
+use crate::store::{MessageRow, Op};
 use crate::writer::{Commit, Outcome, Refusal, WriterHandle};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,300 +316,6 @@ impl Engine {
         } else {
             Err(EngineError::StoreUnreachable)
         }
-    }
-
-    // ---- users -------------------------------------------------------------------------------
-
-    /// Creates a user, or returns the existing one with that `uuid` unchanged. Either way it
-    /// answers only once the user is in the store: a second create of a uuid whose first create
-    /// is still being written waits for that write, and fails with it.
-    pub async fn create_user(&self, uuid: &str, display_name: &str) -> Result<UserView, EngineError> {
-        let (user, new) = {
-            let _admin = self.admin.lock();
-            match self.by_uuid.get(uuid).map(|u| u.clone()) {
-                Some(existing) => (existing, false),
-                None => {
-                    if self.user_count.load(Ordering::Relaxed) >= self.config.max_users {
-                        return Err(EngineError::TooManyUsers);
-                    }
-                    self.require_store()?;
-                    let id = self.next_user_id.fetch_add(1, Ordering::Relaxed);
-                    let created = self.writer.submit_durable(Op::UpsertUser(UserRow {
-                        id,
-                        uuid: uuid.to_owned(),
-                        display_name: display_name.to_owned(),
-                        left_ns: None,
-                    }));
-                    let capacity = self.config.mailbox_capacity;
-                    let key: Arc<str> = uuid.into();
-                    let user = Arc::new(User::new(id, key.clone(), display_name.into(), capacity, Some(created)));
-                    self.user_shard(id).users.write().insert(id, user.clone());
-                    self.by_uuid.insert(key, user.clone());
-                    self.user_count.fetch_add(1, Ordering::Relaxed);
-                    (user, true)
-                }
-            }
-        };
-        if let Some(created) = user.creation() {
-            let outcome = committed(created).await;
-            if new && outcome == Err(EngineError::StoreRefused) {
-                self.forget_user(&user);
-            }
-            outcome?;
-        }
-        Ok(user.view())
-    }
-
-    /// Takes a user whose creation the store refused back out of memory.
-    fn forget_user(&self, user: &Arc<User>) {
-        let _admin = self.admin.lock();
-        let mut users = self.user_shard(user.id).users.write();
-        if users.get(&user.id).is_some_and(|u| Arc::ptr_eq(u, user)) {
-            users.remove(&user.id);
-            self.by_uuid.remove_if(&user.uuid, |_, u| Arc::ptr_eq(u, user));
-            self.user_count.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// One user by id.
-    pub fn user(&self, id: i64) -> Result<UserView, EngineError> {
-        self.stored_user(id).map(|u| u.view()).ok_or(EngineError::NoSuchUser("user_id"))
-    }
-
-    /// One user by external id.
-    pub fn user_by_uuid(&self, uuid: &str) -> Result<UserView, EngineError> {
-        self.by_uuid.get(uuid).filter(|u| u.is_stored()).map(|u| u.view()).ok_or(EngineError::NoSuchUser("uuid"))
-    }
-
-    /// All users, by id.
-    pub fn users(&self) -> Vec<UserView> {
-        let mut all: Vec<UserView> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.users.read().values().filter(|u| u.is_stored()).map(|u| u.view()).collect::<Vec<_>>())
-            .collect();
-        all.sort_unstable_by_key(|u| u.id);
-        all
-    }
-
-    /// At most `limit` users with ids greater than `after_id`, by id. Ids are handed out in
-    /// order and never reused, so this probes ids upwards: its cost follows the users returned
-    /// plus the ids deleted in between.
-    pub fn users_after(&self, after_id: i64, limit: usize) -> Vec<UserView> {
-        let end = self.next_user_id.load(Ordering::Relaxed);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut id = after_id.max(0).saturating_add(1);
-        while id < end && out.len() < limit {
-            if let Some(u) = self.stored_user(id) {
-                out.push(u.view());
-            }
-            id += 1;
-        }
-        out
-    }
-
-    /// How many users there are.
-    pub fn user_count(&self) -> usize {
-        self.user_count.load(Ordering::Relaxed)
-    }
-
-    /// Sets a user's display name.
-    pub async fn update_user(&self, id: i64, display_name: &str) -> Result<UserView, EngineError> {
-        let (view, commit) = {
-            let _admin = self.admin.lock();
-            let user = self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
-            self.require_store()?;
-            user.set_display_name(display_name.into());
-            let commit = self.writer.submit_durable(Op::UpsertUser(UserRow {
-                id,
-                uuid: user.uuid.to_string(),
-                display_name: display_name.to_owned(),
-                left_ns: user.mailbox.watermark(),
-            }));
-            (user.view(), commit)
-        };
-        committed(&commit).await?;
-        Ok(view)
-    }
-
-    /// Deletes a user with their sessions, contacts and mailbox.
-    pub async fn delete_user(&self, id: i64) -> Result<(), EngineError> {
-        let commit = {
-            let _admin = self.admin.lock();
-            self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
-            self.require_store()?;
-            let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
-            self.by_uuid.remove(&user.uuid);
-            self.user_count.fetch_sub(1, Ordering::Relaxed);
-            for uuid in user.take_sessions() {
-                self.unlink_session(uuid);
-            }
-            for other in user.take_contacts() {
-                if let Some(o) = self.user_arc(other) {
-                    o.remove_contact(id);
-                }
-            }
-            self.writer.submit_durable(Op::DeleteUser { id })
-        };
-        committed(&commit).await
-    }
-
-    // ---- sessions ----------------------------------------------------------------------------
-
-    /// Opens a session for a user.
-    pub async fn open_session(&self, user_id: i64) -> Result<SessionView, EngineError> {
-        let session = {
-            let _admin = self.admin.lock();
-            let user = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-            if user.session_count() >= self.config.max_sessions_per_user {
-                return Err(EngineError::TooManySessions);
-            }
-            self.require_store()?;
-            let uuid = SessionId::random();
-            let now = self.clock.next();
-            let created = self.writer.submit_durable(Op::InsertSession(SessionRow {
-                uuid: uuid.0,
-                user_id,
-                created_ns: now,
-                last_active_ns: now,
-            }));
-            let session = Arc::new(Session::new(uuid, user.clone(), now, now, Some(created.clone())));
-            self.link_session(session.clone());
-            (session, created)
-        };
-        let (session, created) = session;
-        let outcome = committed(&created).await;
-        if outcome == Err(EngineError::StoreRefused) {
-            let _admin = self.admin.lock();
-            if let Some(s) = self.unlink_session(session.uuid) {
-                s.user.remove_session(s.uuid);
-            }
-        }
-        outcome?;
-        Ok(session.view())
-    }
-
-    /// All live sessions, oldest first.
-    pub fn sessions(&self) -> Vec<SessionView> {
-        let mut all: Vec<Arc<Session>> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.sessions.read().values().filter(|s| s.is_stored()).cloned().collect::<Vec<_>>())
-            .collect();
-        all.sort_unstable_by_key(|s| (s.created, s.uuid));
-        all.iter().map(|s| s.view()).collect()
-    }
-
-    /// At most `limit` live sessions with ids after `after`, in id order.
-    pub fn sessions_after(&self, after: Option<SessionId>, limit: usize) -> Vec<SessionView> {
-        use std::ops::Bound;
-        // The index, then a shard: the order writers take them in too.
-        let index = self.session_index.read();
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        index
-            .range((from, Bound::Unbounded))
-            .filter_map(|id| self.session(*id).ok())
-            .filter(|s| s.is_stored())
-            .take(limit)
-            .map(|s| s.view())
-            .collect()
-    }
-
-    /// How many live sessions there are.
-    pub fn session_count(&self) -> usize {
-        self.session_index.read().len()
-    }
-
-    /// Puts a session into its shard, its user's list and the index (under `admin`, or alone at
-    /// restore).
-    fn link_session(&self, session: Arc<Session>) {
-        session.user.add_session(session.uuid);
-        self.session_index.write().insert(session.uuid);
-        self.session_shard(session.uuid).sessions.write().insert(session.uuid, session);
-    }
-
-    /// Takes a session out of its shard and the index (under `admin`); its user's list is the
-    /// caller's.
-    fn unlink_session(&self, uuid: SessionId) -> Option<Arc<Session>> {
-        self.session_index.write().remove(&uuid);
-        let session = self.session_shard(uuid).sessions.write().remove(&uuid)?;
-        session.mark_closed();
-        Some(session)
-    }
-
-    /// Closes a session.
-    pub async fn close_session(&self, uuid: SessionId) -> Result<(), EngineError> {
-        let commit = {
-            let _admin = self.admin.lock();
-            self.session(uuid)?;
-            self.require_store()?;
-            let session = self.unlink_session(uuid).ok_or(EngineError::NoSuchSession)?;
-            session.user.remove_session(uuid);
-            self.writer.submit_durable(Op::DeleteSession { uuid: uuid.0 })
-        };
-        committed(&commit).await
-    }
-
-    // ---- contacts ----------------------------------------------------------------------------
-
-    /// The contacts of a session's user, by id.
-    pub fn contacts(&self, session: &Session) -> Vec<ContactView> {
-        session
-            .user
-            .contact_ids()
-            .into_iter()
-            .filter_map(|id| self.stored_user(id))
-            .map(|u| ContactView { is_online: u.is_online(), user: u.view(), is_typing: false })
-            .collect()
-    }
-
-    /// Makes the session's user and `user_id` contacts of each other (idempotent).
-    pub async fn add_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
-        let commit = {
-            let _admin = self.admin.lock();
-            let (me, other) = self.contact_pair(session, user_id)?;
-            if me.id == other.id {
-                return Err(EngineError::SelfContact);
-            }
-            if me.has_contact(other.id) {
-                return Ok(());
-            }
-            if me.contact_count() >= self.config.max_contacts_per_user
-                || other.contact_count() >= self.config.max_contacts_per_user
-            {
-                return Err(EngineError::TooManyContacts);
-            }
-            self.require_store()?;
-            me.add_contact(other.id);
-            other.add_contact(me.id);
-            self.writer.submit_durable(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) })
-        };
-        committed(&commit).await
-    }
-
-    /// Removes the contact pair both ways (idempotent).
-    pub async fn remove_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
-        let commit = {
-            let _admin = self.admin.lock();
-            let (me, other) = self.contact_pair(session, user_id)?;
-            if !me.has_contact(other.id) {
-                return Ok(());
-            }
-            self.require_store()?;
-            me.remove_contact(other.id);
-            other.remove_contact(me.id);
-            self.writer.submit_durable(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) })
-        };
-        committed(&commit).await
-    }
-
-    /// The session's user and the user `user_id`, both still there (under the admin lock).
-    fn contact_pair<'s>(&self, session: &'s Session, user_id: i64) -> Result<(&'s Arc<User>, Arc<User>), EngineError> {
-        if !self.is_live(session) {
-            return Err(EngineError::NoSuchSession);
-        }
-        let other = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-        Ok((&session.user, other))
     }
 
     // ---- messages: the hot path ----------------------------------------------------------------

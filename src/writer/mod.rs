@@ -30,15 +30,16 @@
 //!
 //! [`health`] keeps since-when and why the store fails, for `/readyz`, the log and the metrics.
 
+mod apply;
 pub mod commit;
 pub mod health;
 pub mod spill;
 
 pub use commit::{Commit, Outcome};
 
-use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::{ErrorKind, Op, Store, StoreError};
+use apply::Applier;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use health::{Health, StoreCall};
 use parking_lot::Mutex;
@@ -422,111 +423,6 @@ fn spill_rest(batch: &Batch, unwritten: usize, rx: &Receiver<Command>, shared: &
             }
             StopReport { spilled: ops.len(), file: None, lost: Some(why) }
         }
-    }
-}
-
-/// Applies batches; remembers how many ops fit in one transaction while the store is full.
-struct Applier {
-    chunk: usize,
-}
-
-impl Applier {
-    /// Applies every op of `batch` in order (see the module doc). `Err(i)`: the stop deadline
-    /// passed and `batch.ops[i..]` is unwritten.
-    fn apply(&mut self, store: &mut dyn Store, batch: &Batch, shared: &Shared) -> Result<(), usize> {
-        // Ranges still to write, in order; together always exactly [first unwritten, len).
-        let mut todo: std::collections::VecDeque<std::ops::Range<usize>> = std::collections::VecDeque::new();
-        todo.extend(chunks(0..batch.len(), self.chunk));
-        let mut backoff = FIRST_BACKOFF;
-        while let Some(range) = todo.pop_front() {
-            let started = Instant::now();
-            match store.write(&batch.ops[range.clone()]) {
-                Ok(()) => {
-                    observe_commit(&batch.ops[range.clone()], started, &shared.metrics);
-                    batch.complete(range, Outcome::Committed);
-                    shared.health.ok();
-                    backoff = FIRST_BACKOFF;
-                    self.chunk = (self.chunk * 2).min(MAX_BATCH);
-                }
-                Err(e) if e.kind() == ErrorKind::Rejected => {
-                    shared.health.failed(StoreCall::Write, &e, shared.waiting(), &shared.metrics);
-                    if range.len() == 1 {
-                        set_aside(&batch.ops[range.start], &e, shared);
-                        batch.complete(range, Outcome::Refused);
-                    } else {
-                        let mid = range.start + range.len() / 2;
-                        todo.push_front(mid..range.end);
-                        todo.push_front(range.start..mid);
-                    }
-                }
-                Err(e) => {
-                    shared.health.failed(StoreCall::Write, &e, shared.waiting(), &shared.metrics);
-                    if shared.past_deadline() {
-                        return Err(range.start);
-                    }
-                    if e.kind() == ErrorKind::Full && self.chunk > 1 {
-                        self.chunk = (self.chunk / 2).max(1);
-                        tracing::warn!(ops = self.chunk, "the store is full; retrying in smaller transactions");
-                    }
-                    for r in chunks(range, self.chunk).rev() {
-                        todo.push_front(r);
-                    }
-                    shared.back_off(backoff);
-                    if shared.past_deadline() {
-                        return Err(todo.front().map_or(batch.len(), |r| r.start));
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `range` cut into consecutive pieces of at most `size`.
-fn chunks(range: std::ops::Range<usize>, size: usize) -> impl DoubleEndedIterator<Item = std::ops::Range<usize>> {
-    let size = size.max(1);
-    let starts: Vec<usize> = range.clone().step_by(size).collect();
-    starts.into_iter().map(move |s| s..(s + size).min(range.end))
-}
-
-/// Metrics of a committed transaction: its size, its time, and the age of its oldest message.
-fn observe_commit(ops: &[Op], started: Instant, metrics: &Metrics) {
-    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-    metrics.batch_size.observe(ops.len() as f64);
-    // Ops are in order, so the first message is the oldest.
-    if let Some(Op::Message(m)) = ops.iter().find(|op| matches!(op, Op::Message(_))) {
-        let lag_ns = Clock::wall_ns().saturating_sub(m.created_ns);
-        metrics.message_lag_seconds.observe(lag_ns.max(0) as f64 / 1e9);
-    }
-}
-
-/// Sets an op the store refused aside: counted, logged, and in the dead-letter file (or, if even
-/// that cannot be written, whole in the log).
-fn set_aside(op: &Op, error: &StoreError, shared: &Shared) {
-    shared.metrics.dead_letters.inc();
-    match spill::dead_letter(&shared.spill_dir, op, error) {
-        Ok(file) => {
-            tracing::error!(op = %op_id(op), %error, file = %file.display(), "the store refused a write; set aside")
-        }
-        Err(e) => {
-            tracing::error!(?op, %error, file_error = %e, "the store refused a write; set aside in this log only")
-        }
-    }
-}
-
-/// A short name of an op for the log: its kind and id.
-fn op_id(op: &Op) -> String {
-    match op {
-        Op::UpsertUser(u) => format!("user {}", u.id),
-        Op::DeleteUser { id } => format!("delete user {id}"),
-        Op::InsertSession(s) => format!("session {:032x}", s.uuid),
-        Op::DeleteSession { uuid } => format!("delete session {uuid:032x}"),
-        Op::TouchSessions(t) => format!("activity of {} sessions", t.len()),
-        Op::AddContact { a, b } => format!("contact {a}-{b}"),
-        Op::RemoveContact { a, b } => format!("remove contact {a}-{b}"),
-        Op::Message(m) => format!("message {:032x}", m.uuid),
-        Op::Watermark { user_id, .. } => format!("watermark of user {user_id}"),
     }
 }
 

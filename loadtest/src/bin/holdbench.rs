@@ -4,7 +4,8 @@
 //!   holdbench --url http://127.0.0.1:18480 --server-pid <pid> --holds 100000 --kind longpoll
 //!
 //! It opens `--holds` connections, each holding one request (`GET /api/messages/...?wait=60s`
-//! re-issued when answered, or `GET /api/stream/...`), spread over `--sessions` sessions. A
+//! re-issued when answered, `GET /api/stream/...`, or a WebSocket `GET /api/ws/...`), spread over
+//! `--sessions` sessions. A
 //! connection comes from one of the loopback addresses 127.0.0.1, 127.0.0.2, … (one per 25,000
 //! connections: each source address has ~28,000 ephemeral ports). Once the server's gauge
 //! (`chatbus_waiting_polls` or `chatbus_open_streams`) shows them all held, it reads the server's
@@ -104,7 +105,8 @@ async fn run(args: Args) -> Result<()> {
         "sse" => (|s| format!("/api/stream/{s}/1/0"), "chatbus_open_streams"),
         // Idle keep-alive connections after one request: what a connection alone costs.
         "idle" => (|_| "/healthz".to_owned(), ""),
-        other => bail!("--kind longpoll or sse, not {other}"),
+        "ws" => (|s| format!("/api/ws/{s}?cursor=1.000000000"), "chatbus_open_sockets"),
+        other => bail!("--kind longpoll, sse, ws or idle, not {other}"),
     };
     let failed = Arc::new(AtomicU64::new(0));
     let idle_done = Arc::new(AtomicU64::new(0));
@@ -116,8 +118,15 @@ async fn run(args: Args) -> Result<()> {
         let failed = failed.clone();
         let idle_done = idle_done.clone();
         let idle = gauge_name.is_empty();
+        let ws = args.kind == "ws";
+        let path = path_of(&sessions[i % sessions.len()]);
         tasks.spawn(async move {
-            if hold(source, server, request, idle, &idle_done).await.is_err() {
+            let held = if ws {
+                hold_socket(source, server, &path).await
+            } else {
+                hold(source, server, request, idle, &idle_done).await
+            };
+            if held.is_err() {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -216,4 +225,17 @@ async fn hold(source: IpAddr, server: SocketAddr, request: String, idle: bool, i
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Holds one WebSocket open from `source`, answering pings, until the server closes it.
+async fn hold_socket(source: IpAddr, server: SocketAddr, path: &str) -> Result<()> {
+    use futures_util::StreamExt;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(server).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{server}{path}"), stream).await?;
+    while let Some(frame) = ws.next().await {
+        frame?;
+    }
+    Ok(())
 }
