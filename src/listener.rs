@@ -45,6 +45,26 @@ pub struct Listening {
     pub max_connections: usize,
 }
 
+/// How many connections may wait to be accepted. The standard library's 128 overflows when
+/// thousands of clients connect at once (a mass reconnect after a restart): the kernel then
+/// answers with SYN cookies and clients retry after a second or more. The kernel caps it at
+/// `net.core.somaxconn`.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`) with a backlog of [`BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the address resolves to nothing")))
+}
+
 /// Raises the soft limit on open files to the hard limit, so the connection cap, not the
 /// default of 1024 descriptors, bounds the connections; returns the limit now in force.
 pub fn raise_open_files_limit() -> std::io::Result<u64> {
@@ -112,8 +132,14 @@ pub async fn serve(l: Listening) {
                     req.extensions_mut().insert(crate::http::ConnectionSlot::new(slot.clone()));
                 }
                 async move {
-                    let res = api.handle(req).await;
-                    progress.finished.fetch_add(1, Ordering::Relaxed);
+                    let mut res = api.handle(req).await;
+                    if res.body().is_stream() {
+                        // An event stream is in flight until its body ends, not when its handler
+                        // returns: else the idle watch would close it.
+                        res.body_mut().keep_until_end(Finished(progress));
+                    } else {
+                        progress.finished.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok::<_, Infallible>(res)
                 }
             })
@@ -151,6 +177,15 @@ impl RateLimitedLog {
         tracing::warn!(error = %e, not_logged = self.held_back, "accept failed; backing off");
         self.last = Some(std::time::Instant::now());
         self.held_back = 0;
+    }
+}
+
+/// Counts a streamed request finished when dropped (with its body).
+struct Finished(Arc<Progress>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -28,7 +28,6 @@ use crate::writer::{self, StopReport, Writer, WriterConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -89,7 +88,7 @@ impl Server {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let addr = config.listen_addr();
         let listener =
-            TcpListener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
+            listener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
         let local = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
         if config.admin_token.is_none() && !config.open_admin && !local.ip().is_loopback() {
             return Err(StartError::OpenAdmin(local));

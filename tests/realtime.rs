@@ -568,3 +568,43 @@ async fn websocket_closes_with_the_contracts_codes() {
     assert_eq!(close_code(&mut ws).await, Some(u16::from(CloseCode::Away)), "server stopping: 1001");
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the stop completed").unwrap();
 }
+
+/// An open event stream is a request in flight for as long as it is open: the idle watch (which
+/// closes connections that start no request for a whole period) must not cut it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_the_idle_timeout() {
+    let store = support::store::TestStore::sqlite();
+    let mut cfg = support::server::config(store.url(), &["--heartbeat", "100ms"]);
+    cfg.idle_timeout = Duration::from_millis(200);
+    let srv = TestServer::start(&cfg).await;
+    let api = srv.api();
+    let ([_, b, _], [sa, sb, _]) = three(&api).await;
+    let mut sse = Sse::open(&srv, &sb, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // seven idle periods
+    let m = api.send(&sa, b, "still there").await;
+    assert_eq!(sse.next_event(Duration::from_secs(5)).await.expect("the stream is still open").data, m);
+    srv.stop().await;
+}
+
+/// A stream whose client went away ends at once — not at its next heartbeat — and lets go of its
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_client_goes() {
+    let srv = TestServer::sqlite(&["--heartbeat", "60s"]).await;
+    let api = srv.api();
+    let ([_, _, _], [_, sb, _]) = three(&api).await;
+    let open_streams = || {
+        let api = api.clone();
+        async move { api.get("/metrics").await.text().contains("chatbus_open_streams 1") }
+    };
+    let sse = Sse::open(&srv, &sb, None).await;
+    wait_until("the stream to open", Duration::from_secs(10), open_streams).await;
+    drop(sse);
+    let started = Instant::now();
+    wait_until("the stream to end", Duration::from_secs(10), || async {
+        api.get("/metrics").await.text().contains("chatbus_open_streams 0")
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    srv.stop().await;
+}

@@ -20,10 +20,19 @@ pub type HttpResponse = Response<Body>;
 #[derive(Debug)]
 pub struct Body(Inner);
 
-#[derive(Debug)]
 enum Inner {
     Full(Full<Bytes>),
-    Stream(mpsc::Receiver<Bytes>),
+    /// The chunks, and whatever must live as long as the stream (see [`Body::keep_until_end`]).
+    Stream(mpsc::Receiver<Bytes>, Option<Box<dyn Send + Sync>>),
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inner::Full(full) => f.debug_tuple("Full").field(full).finish(),
+            Inner::Stream(..) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl Body {
@@ -34,7 +43,20 @@ impl Body {
 
     /// Chunks as they are sent on the channel.
     pub fn stream(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self(Inner::Stream(rx))
+        Self(Inner::Stream(rx, None))
+    }
+
+    /// Whether this is a stream (its request is not over when its handler returns).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Inner::Stream(..))
+    }
+
+    /// Keeps `guard` until the stream ends (hyper drops the body then): for a stream, what marks
+    /// its request finished. A whole body drops it at once.
+    pub fn keep_until_end(&mut self, guard: impl Send + Sync + 'static) {
+        if let Inner::Stream(_, keep) = &mut self.0 {
+            *keep = Some(Box::new(guard));
+        }
     }
 }
 
@@ -45,21 +67,21 @@ impl hyper::body::Body for Body {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.0 {
             Inner::Full(full) => Pin::new(full).poll_frame(cx),
-            Inner::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            Inner::Stream(rx, _) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Inner::Full(full) => full.is_end_stream(),
-            Inner::Stream(_) => false,
+            Inner::Stream(..) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Inner::Full(full) => full.size_hint(),
-            Inner::Stream(_) => SizeHint::default(),
+            Inner::Stream(..) => SizeHint::default(),
         }
     }
 }

@@ -101,7 +101,13 @@ async fn run(engine: Arc<Engine>, hold: Hold, start: Option<Cursor>, tx: mpsc::S
             }
         }
         let deadline = tokio::time::Instant::now() + heartbeat;
-        match engine.wait_for_message(&hold, position, Some(deadline)).await {
+        let woken = tokio::select! {
+            woken = engine.wait_for_message(&hold, position, Some(deadline)) => woken,
+            // The client went away (hyper dropped the body): end now, not at the next heartbeat,
+            // so the session's hold goes with it.
+            () = tx.closed() => return,
+        };
+        match woken {
             Woken::Message => {}
             Woken::TimedOut => {
                 if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {

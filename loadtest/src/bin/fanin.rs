@@ -1,7 +1,7 @@
 //! fanin: many senders to one receiver that streams over Server-Sent Events, at full speed —
 //! every acknowledged message must arrive exactly once, in order.
 //!
-//!   fanin --url http://127.0.0.1:18480 --senders 1000 --duration 10s
+//!   fanin --url http://127.0.0.1:18580 --senders 1000 --duration 10s
 //!
 //! The receiver's mailbox must hold everything sent (run chatbus with `--mailbox-capacity
 //! 1048576`), else the stream reports a gap and the missing count says how many it skipped.
@@ -31,7 +31,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 struct Args {
     /// chatbus base URL (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:18480")]
+    #[arg(long, default_value = "http://127.0.0.1:18580")]
     url: String,
     /// Senders, each with a session of its own.
     #[arg(long, default_value_t = 1000)]

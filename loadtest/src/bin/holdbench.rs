@@ -1,7 +1,7 @@
 //! holdbench: many held long-polls or event streams at once against a running chatbus, and what
 //! they cost it: the server's resident memory, and the latency of plain polls meanwhile.
 //!
-//!   holdbench --url http://127.0.0.1:18480 --server-pid <pid> --holds 100000 --kind longpoll
+//!   holdbench --url http://127.0.0.1:18580 --server-pid <pid> --holds 100000 --kind longpoll
 //!
 //! It opens `--holds` connections, each holding one request (`GET /api/messages/...?wait=60s`
 //! re-issued when answered, `GET /api/stream/...`, or a WebSocket `GET /api/ws/...`), spread over
@@ -36,7 +36,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 struct Args {
     /// chatbus base URL (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:18480")]
+    #[arg(long, default_value = "http://127.0.0.1:18580")]
     url: String,
     /// The server's process id, to read its RSS.
     #[arg(long)]
