@@ -127,7 +127,7 @@ pub async fn serve(l: Listening) {
                 let api = api.clone();
                 let progress = progress.clone();
                 progress.started.fetch_add(1, Ordering::Relaxed);
-                if req.headers().contains_key(hyper::header::UPGRADE) {
+                if req.uri().path().starts_with("/api/ws/") {
                     // A WebSocket outlives this connection's task: it keeps the slot.
                     req.extensions_mut().insert(crate::http::ConnectionSlot::new(slot.clone()));
                 }

@@ -159,10 +159,11 @@ fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<C
 /// into memory and then rejected by the store. (Inside `attachments` a NUL is fine: the JSON
 /// text stores it escaped, as `\u0000`.)
 fn check_text(s: &str, field: &'static str, max: usize) -> Result<(), ApiError> {
-    if s.chars().count() > max {
+    // A string of at most `max` bytes has at most `max` characters: count only longer ones.
+    if s.len() > max && s.chars().count() > max {
         return Err(ApiError::bad_request(format!("{field}: longer than {max} characters")));
     }
-    if s.contains('\0') {
+    if s.as_bytes().contains(&0) {
         return Err(ApiError::bad_request(format!("{field}: must not contain U+0000 (NUL)")));
     }
     Ok(())
@@ -228,6 +229,31 @@ pub struct NewMessage<'a> {
     pub attachments: Option<String>,
 }
 
+/// `text` (valid JSON) without the whitespace between its tokens; strings, numbers and key order
+/// exactly as written.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Parses `{"receiver_id", "body", "attachments"?}`.
 pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
     let raw: RawMessage<'_> = object(body)?;
@@ -241,9 +267,12 @@ pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
     let attachments = match raw.attachments {
         None => None,
         Some(r) if r.get().trim_start().starts_with('{') => {
-            let value: serde_json::Value = serde_json::from_str(r.get())
+            // Read through once to refuse what a client could not read back (a lone surrogate
+            // escape, say), but keep the text as sent: a `Value` would turn numbers into other
+            // numbers (integers beyond 64 bits, some doubles).
+            serde_json::from_str::<serde_json::Value>(r.get())
                 .map_err(|e| ApiError::bad_request(format!("attachments: invalid JSON ({e})")))?;
-            let compact = value.to_string();
+            let compact = compact_json(r.get());
             if compact.len() > MAX_ATTACHMENTS_BYTES {
                 return Err(ApiError::bad_request("attachments: larger than 16 KiB serialised"));
             }
@@ -270,6 +299,15 @@ mod tests {
         let m = new_message(br#"{"receiver_id": 9, "body": "hi", "attachments": {"b": 1, "a": [1, 2]}}"#).unwrap();
         assert_eq!((m.receiver_id, &*m.body), (9, "hi"));
         assert_eq!(m.attachments.as_deref(), Some(r#"{"b":1,"a":[1,2]}"#), "key order kept, compacted");
+        let m = new_message(
+            br#"{"receiver_id": 9, "body": "", "attachments": { "s" : "a \" b\\", "n": 1e400, "big": 123456789012345678901234567890 }}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.attachments.as_deref(),
+            Some(r#"{"s":"a \" b\\","n":1e400,"big":123456789012345678901234567890}"#),
+            "strings and numbers exactly as sent"
+        );
         let m = new_message(br#"{"receiver_id": 9, "body": "", "attachments": {}}"#).unwrap();
         assert_eq!(m.body, "");
         assert!(new_message(br#"{"receiver_id": 9, "body": "x", "attachments": null}"#).unwrap().attachments.is_none());

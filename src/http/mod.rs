@@ -106,20 +106,19 @@ impl Api {
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        // Only a request asking to upgrade carries what a WebSocket needs.
-        let upgrade = if parts.headers.contains_key(header::UPGRADE) {
-            parts
-                .extensions
-                .remove::<hyper::upgrade::OnUpgrade>()
-                .map(|on_upgrade| Upgrade { on_upgrade, slot: parts.extensions.remove::<ConnectionSlot>() })
-        } else {
-            None
-        };
         let resolved = match limits::check(&parts) {
             Ok(()) => router::resolve(&parts.method, parts.uri.path()),
             Err(too_large) => Err(too_large),
         };
         let metric = router::metric_index(&resolved);
+        // Only the WebSocket route needs what hyper keeps for an upgrade (and its place).
+        let upgrade = match resolved {
+            Ok(Route::MessagesSocket(_)) => parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(|on_upgrade| Upgrade { on_upgrade, slot: parts.extensions.remove::<ConnectionSlot>() }),
+            _ => None,
+        };
         // Precedence: unknown path, wrong method, then the admin token, then the body.
         let denied = matches!(&resolved, Ok(route) if route.is_admin()) && !self.authorized(&parts.headers);
         // Only a routed request's body is kept; any other is drained so the connection lives on.
@@ -158,9 +157,14 @@ impl Api {
         let e = &*self.engine;
         let query = parts.uri.query();
         match route {
-            Route::MessagesPoll(session, cutoff) => {
-                messages::poll(e, session, cutoff, query, self.max_wait, &self.metrics).await
-            }
+            Route::MessagesPoll(session, cutoff) => match messages::poll(e, session, cutoff, query, self.max_wait)? {
+                messages::Polled::Now(answer) => Ok(answer),
+                // Boxed: the waiting state is large, and every request's future would otherwise
+                // carry room for it.
+                messages::Polled::Hold(session, cutoff, wait) => {
+                    Box::pin(messages::hold_then_poll(e, session, cutoff, wait, &self.metrics)).await
+                }
+            },
             Route::MessagesSocket(session) => {
                 socket::open(&self.engine, session, query, &parts.headers, upgrade, self.heartbeat, &self.metrics)
             }

@@ -18,9 +18,58 @@ impl Applier {
     /// Applies every op of `batch` in order (see the module doc). `Err(i)`: the stop deadline
     /// passed and `batch.ops[i..]` is unwritten.
     pub(super) fn apply(&mut self, store: &mut dyn Store, batch: &Batch, shared: &Shared) -> Result<(), usize> {
+        // The common case first, with nothing allocated: the whole batch in one transaction.
+        if batch.len() <= self.chunk {
+            let started = Instant::now();
+            match store.write(&batch.ops) {
+                Ok(()) => {
+                    observe_commit(&batch.ops, started, &shared.metrics);
+                    batch.complete(0..batch.len(), Outcome::Committed);
+                    shared.health.ok();
+                    return Ok(());
+                }
+                Err(e) => return self.apply_failing(store, batch, shared, e),
+            }
+        }
+        self.apply_ranges(
+            store,
+            batch,
+            shared,
+            std::collections::VecDeque::from_iter(chunks(0..batch.len(), self.chunk)),
+        )
+    }
+
+    /// The whole batch failed with `first`: go on range by range (see [`Applier::apply_ranges`]).
+    fn apply_failing(
+        &mut self,
+        store: &mut dyn Store,
+        batch: &Batch,
+        shared: &Shared,
+        first: StoreError,
+    ) -> Result<(), usize> {
+        let mut todo = std::collections::VecDeque::new();
+        let all = 0..batch.len();
+        if first.kind() == ErrorKind::Rejected && all.len() > 1 {
+            shared.health.failed(StoreCall::Write, &first, shared.waiting(), &shared.metrics);
+            let mid = all.len() / 2;
+            todo.push_back(0..mid);
+            todo.push_back(mid..all.end);
+        } else {
+            // Run the whole batch again through the general loop, which handles this error kind.
+            todo.push_back(all);
+        }
+        self.apply_ranges(store, batch, shared, todo)
+    }
+
+    /// Applies the ranges of `todo`, in order, handling failures (see the module doc).
+    fn apply_ranges(
+        &mut self,
+        store: &mut dyn Store,
+        batch: &Batch,
+        shared: &Shared,
+        mut todo: std::collections::VecDeque<std::ops::Range<usize>>,
+    ) -> Result<(), usize> {
         // Ranges still to write, in order; together always exactly [first unwritten, len).
-        let mut todo: std::collections::VecDeque<std::ops::Range<usize>> = std::collections::VecDeque::new();
-        todo.extend(chunks(0..batch.len(), self.chunk));
         let mut backoff = FIRST_BACKOFF;
         while let Some(range) = todo.pop_front() {
             let started = Instant::now();
@@ -70,8 +119,9 @@ impl Applier {
 /// `range` cut into consecutive pieces of at most `size`.
 fn chunks(range: std::ops::Range<usize>, size: usize) -> impl DoubleEndedIterator<Item = std::ops::Range<usize>> {
     let size = size.max(1);
-    let starts: Vec<usize> = range.clone().step_by(size).collect();
-    starts.into_iter().map(move |s| s..(s + size).min(range.end))
+    let end = range.end;
+    let pieces = range.len().div_ceil(size);
+    (0..pieces).map(move |i| range.start + i * size..(range.start + (i + 1) * size).min(end))
 }
 
 /// Metrics of a committed transaction: its size, its time, and the age of its oldest message.
