@@ -179,6 +179,8 @@ enum Kind {
     Contact,
     Messages,
     Send,
+    Stream,
+    Socket,
     Healthz,
     Readyz,
     Metrics,
@@ -204,6 +206,8 @@ fn table(kind: Kind) -> (&'static [(&'static str, &'static str)], &'static str) 
         Contact => (&[("POST", "contact_add"), ("DELETE", "contact_remove")], "POST, DELETE, OPTIONS"),
         Messages => (&[("GET", "messages_poll")], GHO),
         Send => (&[("POST", "message_send")], "POST, OPTIONS"),
+        Stream => (&[("GET", "messages_stream")], GHO),
+        Socket => (&[("GET", "messages_socket")], GHO),
         Healthz => (&[("GET", "healthz")], GHO),
         Readyz => (&[("GET", "readyz")], GHO),
         Metrics => (&[("GET", "metrics")], GHO),
@@ -238,6 +242,8 @@ fn ref_path(path: &str) -> Option<(Kind, Vec<&str>)> {
         ["api", "contact", _, _] => Kind::Contact,
         ["api", "messages", _] | ["api", "messages", _, _] | ["api", "messages", _, _, _] => Kind::Messages,
         ["api", "message" | "send", _] => Kind::Send,
+        ["api", "stream", _] | ["api", "stream", _, _] | ["api", "stream", _, _, _] => Kind::Stream,
+        ["api", "ws", _] => Kind::Socket,
         _ => return None,
     };
     Some((kind, segs))
@@ -315,10 +321,11 @@ pub fn check_resolve(method: &Method, path: &str) {
             check_session_id(s, seg(2));
             check_int(u, seg(3), "user_id");
         }
-        Route::MessagesPoll(s, c) => {
+        Route::MessagesPoll(s, c) | Route::MessagesStream(s, c) => {
             check_session_id(s, seg(2));
             check_cutoff(c, segs.get(3).copied(), segs.get(4).copied());
         }
+        Route::MessagesSocket(s) => check_session_id(s, seg(2)),
         Route::Root
         | Route::UsersList
         | Route::UserCreate

@@ -300,14 +300,18 @@ mod tests {
         assert_eq!((m.receiver_id, &*m.body), (9, "hi"));
         assert_eq!(m.attachments.as_deref(), Some(r#"{"b":1,"a":[1,2]}"#), "key order kept, compacted");
         let m = new_message(
-            br#"{"receiver_id": 9, "body": "", "attachments": { "s" : "a \" b\\", "n": 1e400, "big": 123456789012345678901234567890 }}"#,
+            br#"{"receiver_id": 9, "body": "", "attachments": { "s" : "a \" b\\", "n": 1.50, "e": 1E+2, "big": 123456789012345678901234567890 }}"#,
         )
         .unwrap();
         assert_eq!(
             m.attachments.as_deref(),
-            Some(r#"{"s":"a \" b\\","n":1e400,"big":123456789012345678901234567890}"#),
+            Some(r#"{"s":"a \" b\\","n":1.50,"e":1E+2,"big":123456789012345678901234567890}"#),
             "strings and numbers exactly as sent"
         );
+        // What a client's JSON reader could not read back is refused: a number beyond a double,
+        // a lone surrogate.
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "", "attachments": {"n": 1e400}}"#).starts_with("attachments"));
+        assert!(msg_err(r#"{"receiver_id": 9, "body": "", "attachments": {"s": "\ud800"}}"#).starts_with("attachments"));
         let m = new_message(br#"{"receiver_id": 9, "body": "", "attachments": {}}"#).unwrap();
         assert_eq!(m.body, "");
         assert!(new_message(br#"{"receiver_id": 9, "body": "x", "attachments": null}"#).unwrap().attachments.is_none());

@@ -18,68 +18,51 @@ impl Applier {
     /// Applies every op of `batch` in order (see the module doc). `Err(i)`: the stop deadline
     /// passed and `batch.ops[i..]` is unwritten.
     pub(super) fn apply(&mut self, store: &mut dyn Store, batch: &Batch, shared: &Shared) -> Result<(), usize> {
-        // The common case first, with nothing allocated: the whole batch in one transaction.
-        if batch.len() <= self.chunk {
-            let started = Instant::now();
-            match store.write(&batch.ops) {
-                Ok(()) => {
-                    observe_commit(&batch.ops, started, &shared.metrics);
-                    batch.complete(0..batch.len(), Outcome::Committed);
-                    shared.health.ok();
-                    return Ok(());
-                }
-                Err(e) => return self.apply_failing(store, batch, shared, e),
-            }
-        }
-        self.apply_ranges(
-            store,
-            batch,
-            shared,
-            std::collections::VecDeque::from_iter(chunks(0..batch.len(), self.chunk)),
-        )
-    }
-
-    /// The whole batch failed with `first`: go on range by range (see [`Applier::apply_ranges`]).
-    fn apply_failing(
-        &mut self,
-        store: &mut dyn Store,
-        batch: &Batch,
-        shared: &Shared,
-        first: StoreError,
-    ) -> Result<(), usize> {
-        let mut todo = std::collections::VecDeque::new();
         let all = 0..batch.len();
-        if first.kind() == ErrorKind::Rejected && all.len() > 1 {
-            shared.health.failed(StoreCall::Write, &first, shared.waiting(), &shared.metrics);
-            let mid = all.len() / 2;
-            todo.push_back(0..mid);
-            todo.push_back(mid..all.end);
-        } else {
-            // Run the whole batch again through the general loop, which handles this error kind.
-            todo.push_back(all);
+        if all.len() > self.chunk {
+            return self.apply_ranges(store, batch, shared, chunks(all, self.chunk).collect(), None);
         }
-        self.apply_ranges(store, batch, shared, todo)
+        // The common case first, with nothing allocated: the whole batch in one transaction.
+        let started = Instant::now();
+        match store.write(&batch.ops) {
+            Ok(()) => {
+                self.committed(batch, all, started, shared);
+                Ok(())
+            }
+            Err(e) => self.apply_ranges(store, batch, shared, std::collections::VecDeque::from([all]), Some(e)),
+        }
     }
 
-    /// Applies the ranges of `todo`, in order, handling failures (see the module doc).
+    /// `batch.ops[range]` is committed: tell its writers, and grow the transactions again.
+    fn committed(&mut self, batch: &Batch, range: std::ops::Range<usize>, started: Instant, shared: &Shared) {
+        observe_commit(&batch.ops[range.clone()], started, &shared.metrics);
+        batch.complete(range, Outcome::Committed);
+        shared.health.ok();
+        self.chunk = (self.chunk * 2).min(MAX_BATCH);
+    }
+
+    /// Applies the ranges of `todo`, in order, handling failures (see the module doc); `failed`
+    /// is the error the first of them already gave, if it was tried.
     fn apply_ranges(
         &mut self,
         store: &mut dyn Store,
         batch: &Batch,
         shared: &Shared,
         mut todo: std::collections::VecDeque<std::ops::Range<usize>>,
+        mut failed: Option<StoreError>,
     ) -> Result<(), usize> {
         // Ranges still to write, in order; together always exactly [first unwritten, len).
         let mut backoff = FIRST_BACKOFF;
         while let Some(range) = todo.pop_front() {
             let started = Instant::now();
-            match store.write(&batch.ops[range.clone()]) {
+            let result = match failed.take() {
+                Some(e) => Err(e),
+                None => store.write(&batch.ops[range.clone()]),
+            };
+            match result {
                 Ok(()) => {
-                    observe_commit(&batch.ops[range.clone()], started, &shared.metrics);
-                    batch.complete(range, Outcome::Committed);
-                    shared.health.ok();
+                    self.committed(batch, range, started, shared);
                     backoff = FIRST_BACKOFF;
-                    self.chunk = (self.chunk * 2).min(MAX_BATCH);
                 }
                 Err(e) if e.kind() == ErrorKind::Rejected => {
                     shared.health.failed(StoreCall::Write, &e, shared.waiting(), &shared.metrics);
