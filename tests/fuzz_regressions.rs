@@ -142,8 +142,17 @@ fn body_edges() {
         checks::check_user_body(body.as_bytes());
     }
     assert!(input::new_message(long_body.as_bytes()).is_ok());
-    let m = input::new_message(br#"{"receiver_id": 9, "body": "", "attachments": {"a": 1, "b": 2, "a": 3}}"#).unwrap();
-    assert_eq!(m.attachments.as_deref(), Some(r#"{"a":3,"b":2}"#), "a repeated key: the last value, first place");
+    // Kept as sent, a repeated name would mean different things to different readers: refused.
+    for body in [
+        r#"{"receiver_id": 9, "body": "", "attachments": {"a": 1, "b": 2, "a": 3}}"#,
+        r#"{"receiver_id": 9, "body": "", "attachments": {"x": [{"k": 1, "k": 1}]}}"#,
+    ] {
+        let e = input::new_message(body.as_bytes()).unwrap_err();
+        assert_eq!(e.message(), "attachments: a name appears twice in one object", "{body}");
+    }
+    let m = input::new_message(br#"{"receiver_id": 9, "body": "", "attachments": {"a": {"a": ":"}, "b": [{"a": 1}]}}"#)
+        .unwrap();
+    assert_eq!(m.attachments.as_deref(), Some(r#"{"a":{"a":":"},"b":[{"a":1}]}"#), "the same name in other objects");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -229,11 +229,11 @@ pub struct NewMessage<'a> {
     pub attachments: Option<String>,
 }
 
-/// `text` (valid JSON) without the whitespace between its tokens; strings, numbers and key order
-/// exactly as written.
-fn compact_json(text: &str) -> String {
+/// `text` (valid JSON) without the whitespace between its tokens, strings, numbers and key order
+/// exactly as written; and how many object members it holds (its `:` outside strings).
+fn compact_json(text: &str) -> (String, usize) {
     let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
+    let (mut in_string, mut escaped, mut members) = (false, false, 0);
     for c in text.chars() {
         if in_string {
             out.push(c);
@@ -248,10 +248,20 @@ fn compact_json(text: &str) -> String {
             in_string = true;
             out.push(c);
         } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            members += usize::from(c == ':');
             out.push(c);
         }
     }
-    out
+    (out, members)
+}
+
+/// The object members in `v`, nested ones included.
+fn members(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Object(m) => m.len() + m.values().map(members).sum::<usize>(),
+        serde_json::Value::Array(a) => a.iter().map(members).sum(),
+        _ => 0,
+    }
 }
 
 /// Parses `{"receiver_id", "body", "attachments"?}`.
@@ -270,9 +280,14 @@ pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
             // Read through once to refuse what a client could not read back (a lone surrogate
             // escape, say), but keep the text as sent: a `Value` would turn numbers into other
             // numbers (integers beyond 64 bits, some doubles).
-            serde_json::from_str::<serde_json::Value>(r.get())
+            let value = serde_json::from_str::<serde_json::Value>(r.get())
                 .map_err(|e| ApiError::bad_request(format!("attachments: invalid JSON ({e})")))?;
-            let compact = compact_json(r.get());
+            let (compact, written) = compact_json(r.get());
+            // A name twice in one object reads differently in different readers (RFC 8259 4):
+            // the reader kept one member of the two, so it holds fewer than were written.
+            if written != members(&value) {
+                return Err(ApiError::bad_request("attachments: a name appears twice in one object"));
+            }
             if compact.len() > MAX_ATTACHMENTS_BYTES {
                 return Err(ApiError::bad_request("attachments: larger than 16 KiB serialised"));
             }
