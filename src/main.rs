@@ -48,16 +48,33 @@ fn main() -> ExitCode {
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    runtime.block_on(async {
-        let server = match Server::start(&config).await {
+    let code = runtime.block_on(async {
+        // Before anything listens: a SIGTERM that arrives as soon as the port answers must stop
+        // chatbus gracefully, never kill it with the default action.
+        let mut stop = match StopSignals::new() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("chatbus: {e}");
+                eprintln!("chatbus: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A signal while starting (waiting for the store, replaying a spill) ends the start:
+        // nothing has been acknowledged yet, and a spill stays until a replay commits it.
+        let server = tokio::select! {
+            started = Server::start(&config) => match started {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("chatbus: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ = stop.recv() => {
+                eprintln!("chatbus: stopped while starting, before it served a request");
                 return ExitCode::FAILURE;
             }
         };
         tracing::info!(addr = %server.local_addr(), "chatbus listening");
-        wait_for_signal().await;
+        stop.recv().await;
         tracing::info!("stopping: finishing requests in flight and writing everything to the store");
         let report = server.shutdown().await;
         match (report.spilled, report.file, report.lost) {
@@ -75,20 +92,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Not waiting for blocking tasks: after a graceful stop there are none left, and after a
+    // signal during start-up the store's connect retries or a spill replay just end with the
+    // process (a replay is one transaction, and its file is deleted only once it committed).
+    runtime.shutdown_background();
+    code
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT, registered up front.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -85,3 +85,37 @@ async fn sigterm_drains_everything_and_exits_zero() {
     assert_eq!(got, sent, "every acknowledged message, in order, after a graceful stop");
     bin.stop().await;
 }
+
+/// A SIGTERM the moment the port first answers is a graceful stop (exit 0), never the default
+/// action of a signal nobody handles yet: a service manager may stop a service that just started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_it_answers_is_a_graceful_stop() {
+    for _ in 0..5 {
+        let store = TestStore::sqlite();
+        let mut bin = Chatbus::spawn(store.url(), &[]);
+        bin.wait_up(Duration::from_secs(20)).await;
+        let (status, stderr) = bin.terminate().await;
+        assert_eq!(status.code(), Some(0), "graceful stop exits 0:\n{stderr}");
+        assert!(stderr.contains("stopping"), "{stderr}");
+    }
+}
+
+/// A SIGTERM while chatbus still waits for its store (`--connect-timeout`) ends it at once with a
+/// one-line error, rather than killing it unhandled or making it wait out the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_starting_ends_the_start() {
+    // Nothing listens on a fresh free port: PostgreSQL "not reachable yet".
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let mut bin = Chatbus::spawn(&url, &["--connect-timeout", "60s"]);
+    support::wait::wait_until("chatbus to say it waits for PostgreSQL", Duration::from_secs(15), || {
+        let said = bin.stderr().contains("not reachable yet");
+        async move { said }
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let (status, stderr) = bin.terminate().await;
+    assert_eq!(status.code(), Some(1), "a handled stop with an error exit:\n{stderr}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+    let last = stderr.trim_end().lines().last().unwrap_or("");
+    assert_eq!(last, "chatbus: stopped while starting, before it served a request", "{stderr}");
+}
