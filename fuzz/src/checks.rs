@@ -184,6 +184,8 @@ enum Kind {
     Healthz,
     Readyz,
     Metrics,
+    Openapi,
+    Demo,
 }
 
 /// The reference route table: for a kind of path, its routes by method (`GET` also serves
@@ -211,6 +213,8 @@ fn table(kind: Kind) -> (&'static [(&'static str, &'static str)], &'static str) 
         Healthz => (&[("GET", "healthz")], GHO),
         Readyz => (&[("GET", "readyz")], GHO),
         Metrics => (&[("GET", "metrics")], GHO),
+        Openapi => (&[("GET", "openapi")], GHO),
+        Demo => (&[("GET", "demo")], GHO),
     }
 }
 
@@ -232,6 +236,8 @@ fn ref_path(path: &str) -> Option<(Kind, Vec<&str>)> {
         ["healthz"] => Kind::Healthz,
         ["readyz"] => Kind::Readyz,
         ["metrics"] => Kind::Metrics,
+        ["openapi.json"] => Kind::Openapi,
+        ["demo"] | ["demo", _] => Kind::Demo,
         ["api", "users"] => Kind::Users,
         ["api", "user"] => Kind::User,
         ["api", "user", _] => Kind::UserId,
@@ -326,7 +332,9 @@ pub fn check_resolve(method: &Method, path: &str) {
             check_cutoff(c, segs.get(3).copied(), segs.get(4).copied());
         }
         Route::MessagesSocket(s) => check_session_id(s, seg(2)),
-        Route::Root
+        Route::Demo(asset) => assert_eq!(*asset, segs.get(1).copied().unwrap_or(""), "{what}: demo asset"),
+        Route::Openapi
+        | Route::Root
         | Route::UsersList
         | Route::UserCreate
         | Route::SessionsList

@@ -19,6 +19,7 @@ pub mod response;
 pub mod router;
 pub mod sessions;
 pub mod socket;
+pub mod static_files;
 pub mod stream;
 pub mod users;
 
@@ -185,6 +186,8 @@ impl Api {
             Route::ContactsList(session) => contacts::list(e, session),
             Route::ContactAdd(session, user_id) => contacts::add(e, session, user_id).await,
             Route::ContactRemove(session, user_id) => contacts::remove(e, session, user_id).await,
+            Route::Openapi => Ok(static_files::openapi()),
+            Route::Demo(asset) => static_files::demo(asset),
             Route::Healthz => ops::healthz(),
             Route::Readyz => ops::readyz(e),
             Route::Metrics => ops::metrics(&self.metrics),

@@ -62,6 +62,10 @@ pub enum Route<'a> {
     MessagesStream(Seg<SessionId>, Seg<Option<Cursor>>),
     /// `GET /api/ws/:session_id`: a WebSocket
     MessagesSocket(Seg<SessionId>),
+    /// `GET /openapi.json`: the contract as an OpenAPI 3.1 document
+    Openapi,
+    /// `GET /demo[/:asset]`: the chat client in the browser (`""` is its page)
+    Demo(&'a str),
     /// `GET /healthz`
     Healthz,
     /// `GET /readyz`
@@ -161,6 +165,8 @@ enum Path<'a> {
     Healthz,
     Readyz,
     Metrics,
+    Openapi,
+    Demo(&'a str),
 }
 
 /// Resolves a method and a path (without query). `HEAD` is served like `GET`; `OPTIONS` is the
@@ -194,6 +200,8 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRoute
         Path::Contacts(s) if get => Route::ContactsList(session(s)),
         Path::Contact(s, u) if post => Route::ContactAdd(session(s), user_id(u)),
         Path::Contact(s, u) if delete => Route::ContactRemove(session(s), user_id(u)),
+        Path::Openapi if get => Route::Openapi,
+        Path::Demo(asset) if get => Route::Demo(asset),
         Path::Healthz if get => Route::Healthz,
         Path::Readyz if get => Route::Readyz,
         Path::Metrics if get => Route::Metrics,
@@ -232,6 +240,8 @@ fn parse_path(path: &str) -> Option<Path<'_>> {
         "healthz" if segs[0].is_none() => return Some(Path::Healthz),
         "readyz" if segs[0].is_none() => return Some(Path::Readyz),
         "metrics" if segs[0].is_none() => return Some(Path::Metrics),
+        "openapi.json" if segs[0].is_none() => return Some(Path::Openapi),
+        "demo" if segs[1].is_none() => return Some(Path::Demo(segs[0].unwrap_or(""))),
         "api" => {}
         _ => return None,
     }
@@ -293,6 +303,10 @@ mod tests {
             (M::GET, "/healthz", "healthz"),
             (M::GET, "/readyz", "readyz"),
             (M::GET, "/metrics", "metrics"),
+            (M::GET, "/openapi.json", "openapi"),
+            (M::GET, "/demo", "demo"),
+            (M::GET, "/demo/", "demo"),
+            (M::GET, "/demo/app.js", "demo"),
             (M::OPTIONS, "/anything/at/all", "options"),
         ] {
             assert_eq!(name(method.clone(), path), Ok(expected), "{method} {path}");
@@ -309,6 +323,8 @@ mod tests {
             "/x",
             "//",
             "/api/contact/s",
+            "/demo/a/b",
+            "/openapi.json/x",
         ] {
             assert_eq!(name(Method::GET, bad).unwrap_err(), NotRouted::NotFound, "{bad}");
         }

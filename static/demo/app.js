@@ -1,0 +1,1 @@
+// The chat client: see static/demo/index.html.
