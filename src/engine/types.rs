@@ -28,7 +28,8 @@ impl SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // ASCII hex digits: always UTF-8.
+        f.write_str(std::str::from_utf8(&render::hex128(self.0)).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -36,27 +37,39 @@ impl FromStr for SessionId {
     type Err = EngineError;
 
     /// Exactly 32 lowercase hex digits; anything else names no session. Every session route
-    /// parses one, so it is hand-written: a digit at a time into a `u64` half, no overflow
-    /// checks to make (`u128::from_str_radix` costs about seven times as much).
+    /// parses one, so it is hand-written: a table look-up per digit into a `u64` half, one test
+    /// for all of them at the end (`u128::from_str_radix` costs about seven times as much).
     fn from_str(s: &str) -> Result<Self, EngineError> {
         let b = s.as_bytes();
         if b.len() != 32 {
             return Err(EngineError::NoSuchSession);
         }
-        let half = |digits: &[u8]| -> Option<u64> {
-            digits.iter().try_fold(0u64, |acc, &d| {
-                let v = match d {
-                    b'0'..=b'9' => d - b'0',
-                    b'a'..=b'f' => d - b'a' + 10,
-                    _ => return None,
-                };
-                Some(acc << 4 | u64::from(v))
-            })
+        // A digit's value, or 0xff for a byte that is no lowercase hex digit.
+        const VALUE: [u8; 256] = {
+            let mut t = [0xffu8; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
         };
-        match (half(&b[..16]), half(&b[16..])) {
-            (Some(hi), Some(lo)) => Ok(Self(u128::from(hi) << 64 | u128::from(lo))),
-            _ => Err(EngineError::NoSuchSession),
+        let (mut hi, mut lo, mut bad) = (0u64, 0u64, 0u8);
+        for (h, l) in b[..16].iter().zip(&b[16..]) {
+            let (vh, vl) = (VALUE[usize::from(*h)], VALUE[usize::from(*l)]);
+            bad |= vh | vl;
+            hi = hi << 4 | u64::from(vh & 0xf);
+            lo = lo << 4 | u64::from(vl & 0xf);
         }
+        if bad > 0xf {
+            return Err(EngineError::NoSuchSession);
+        }
+        Ok(Self(u128::from(hi) << 64 | u128::from(lo)))
     }
 }
 
