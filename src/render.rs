@@ -7,7 +7,6 @@
 use crate::clock::Cursor;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
-use std::io::Write;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
