@@ -85,7 +85,7 @@
   // One call. Answers `response` (or the envelope's meta for plain successes); throws ApiError
   // with the envelope's message otherwise. `admin` calls carry the token and, on a 401 asking
   // for a bearer token, ask the user for it and try again.
-  async function call(method, path, { body, admin = false, signal } = {}) {
+  async function call(method, path, { body, admin = false, noPrompt = false, signal } = {}) {
     for (;;) {
       const headers = {};
       if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -104,7 +104,7 @@
         // Not enveloped (a proxy's error page): the status says enough.
       }
       const challenge = (res.headers.get("WWW-Authenticate") || "").toLowerCase();
-      if (res.status === 401 && admin && challenge.startsWith("bearer")) {
+      if (res.status === 401 && admin && !noPrompt && challenge.startsWith("bearer")) {
         const wrong = state.token !== null;
         state.token = null;
         save();
@@ -181,7 +181,9 @@
   function nameOfId(id) {
     if (state.me && id === state.me.id) return nameOf(state.me);
     const c = state.contacts.get(id);
-    return c ? nameOf(c.user) : `User #${id}`;
+    if (c) return nameOf(c.user);
+    const stranger = state.strangers.get(id);
+    return stranger ? nameOf(stranger) : `User #${id}`;
   }
 
   // RFC 3339 with up to 9 fractional digits; Date wants at most 3.
@@ -231,8 +233,10 @@
       if (users.length === 0) {
         select.append(new Option("No users yet — create one", ""));
         select.disabled = true;
+        $("pick-open").disabled = true;
       } else {
         select.disabled = false;
+        $("pick-open").disabled = false;
         for (const u of users) {
           select.append(new Option(`${nameOf(u)} (${u.uuid}, #${u.id})`, String(u.id)));
         }
@@ -443,16 +447,18 @@
 
   function renderConversationHead() {
     const id = state.open;
+    $("add-stranger").hidden = id === null || state.contacts.has(id);
     if (id === null) {
       $("conv-title").textContent = "No conversation open";
       $("conv-status").textContent = "";
       return;
     }
     const c = state.contacts.get(id);
+    const stranger = state.strangers.get(id);
     $("conv-title").textContent = nameOfId(id);
     $("conv-status").textContent = c
       ? `${c.is_online ? "online" : "offline"} · ${c.user.uuid} · #${id}`
-      : `#${id} · not in your contacts`;
+      : `${stranger ? `${stranger.uuid} · ` : ""}#${id} · not in your contacts`;
   }
 
   function renderConversation() {
@@ -514,7 +520,10 @@
     if (state.seen.has(m.uuid)) return;
     state.seen.add(m.uuid);
     const other = m.sender_id === state.me.id ? m.receiver_id : m.sender_id;
-    if (!state.contacts.has(other) && other !== state.me.id) state.strangers.set(other, true);
+    if (!state.contacts.has(other) && other !== state.me.id && !state.strangers.has(other)) {
+      state.strangers.set(other, null);
+      nameStranger(other);
+    }
     const list = state.messages.get(other) || [];
     list.push(m);
     state.messages.set(other, list);
@@ -532,6 +541,33 @@
       renderContacts();
     } else {
       renderContacts();
+    }
+  }
+
+  // Someone not in the contacts wrote (or was written to from another tab). Their name is an
+  // admin route away: looked up only when the token is already at hand, never asked for.
+  async function nameStranger(id) {
+    if (!state.token) return;
+    try {
+      const { value: user } = await call("GET", `/api/user/${id}`, { admin: true, noPrompt: true });
+      if (!state.strangers.has(id)) return;
+      state.strangers.set(id, user);
+      renderContacts();
+      renderConversationHead();
+    } catch {
+      // Deleted, or the token is no longer right: "User #id" it stays.
+    }
+  }
+
+  async function addStranger() {
+    const id = state.open;
+    try {
+      await call("POST", `/api/contact/${state.session}/${id}`);
+      clearError();
+      await refreshContacts();
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404 && /session/i.test(err.message)) return sessionLost();
+      showError(`Could not add the contact: ${err.message}`);
     }
   }
 
@@ -788,6 +824,7 @@
     $("composer-body").addEventListener("keydown", onComposerKey);
     $("add-attachment").addEventListener("click", () => addAttachmentRow());
     $("sign-out").addEventListener("click", signOut);
+    $("add-stranger").addEventListener("click", addStranger);
     $("gap-dismiss").addEventListener("click", () => {
       $("gap").hidden = true;
     });
