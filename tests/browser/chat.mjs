@@ -192,6 +192,7 @@ async function run() {
 
   step("a page without EventSource long-polls; a user who missed messages sees the gap notice");
   // Dave gets 12 messages into a mailbox of 8 before he ever looks: 4 have left it.
+  const alice = await api("GET", "/api/user.uuid/alice", undefined, true);
   const dave = await api("POST", "/api/user", { uuid: "dave", display_name: "Dave" }, true);
   const erin = await api("POST", "/api/user", { uuid: "erin", display_name: "Erin" }, true);
   const erinSession = await api("POST", `/api/session/${erin.id}`, undefined, true);
@@ -208,6 +209,11 @@ async function run() {
   await c.locator("#gap").waitFor();
   await c.locator("#messages .message.theirs", { hasText: "note 12" }).waitFor();
   check((await c.locator("#messages .message").count()) === 8, "dave sees the 8 messages his mailbox still holds");
+  // Erin is no contact of his: named through the admin token he gave, and one click adds her.
+  await c.locator("#conv-title", { hasText: "Erin" }).waitFor();
+  await c.getByRole("button", { name: "Add to contacts" }).click();
+  await contact(c, "Erin").locator(".presence.online").waitFor();
+  await c.getByRole("button", { name: "Add to contacts" }).waitFor({ state: "hidden" });
   // Long-poll delivers what comes next.
   await api("POST", `/api/message/${erinSession.uuid}`, { receiver_id: dave.id, body: "one more, live" });
   await c.locator("#messages .message.theirs", { hasText: "one more, live" }).waitFor();
@@ -217,11 +223,19 @@ async function run() {
   await b.locator("#sign-in").waitFor();
   await contact(a, "Bob").locator(".presence.offline").waitFor();
 
-  step("a reload keeps alice's session (sessionStorage) and her conversation history");
+  step("a reload keeps alice's session (sessionStorage); with streams refused she falls back to long-poll");
+  await a.route("**/api/stream/**", (route) =>
+    route.fulfill({ status: 503, contentType: "application/json", body: '{"meta":{"http_code":503,"message":"refused by the test"}}' }),
+  );
   await a.reload();
   await a.locator("#me-name", { hasText: "Alice" }).waitFor();
   await contact(a, "Bob").click();
   await a.locator("#messages .message.own", { hasText: "Thanks, got them!" }).waitFor();
+  await a.locator("#link", { hasText: "long-poll" }).waitFor({ timeout: 20_000 });
+  // A message from someone else while Bob's conversation is open: an unread badge, no jump.
+  await api("POST", `/api/message/${erinSession.uuid}`, { receiver_id: alice.id, body: "hello alice" });
+  await contact(a, "Erin").locator(".badge", { hasText: "1" }).waitFor();
+  check((await a.locator("#conv-title").innerText()) === "Bob", "an incoming message does not switch the open conversation");
 }
 
 // Both screenshots next to each other, drawn by the browser itself (no image library).
