@@ -312,6 +312,7 @@
     state.seen.clear();
     state.unread.clear();
     state.open = null;
+    contactsDrawn = "";
     $("gap").hidden = true;
   }
 
@@ -386,10 +387,22 @@
     }
   }
 
+  // The list as last drawn, so that the periodic refresh redraws only what changed and a
+  // keyboard user's focus on a contact survives it.
+  let contactsDrawn = "";
+
   function renderContacts() {
     const list = $("contacts");
     const ids = [...state.contacts.keys(), ...state.strangers.keys()];
     ids.sort((a, b) => nameOfId(a).localeCompare(nameOfId(b)));
+    const drawn = JSON.stringify([
+      state.open,
+      ids.map((id) => [id, nameOfId(id), state.contacts.get(id) || null, state.unread.get(id) || 0]),
+    ]);
+    if (drawn === contactsDrawn) return;
+    contactsDrawn = drawn;
+    const focused = document.activeElement && document.activeElement.closest("#contacts .contact");
+    const focusedId = focused ? focused.dataset.userId : null;
     list.replaceChildren(
       ...ids.map((id) => {
         const c = state.contacts.get(id);
@@ -426,7 +439,10 @@
           const badge = document.createElement("span");
           badge.className = "badge";
           badge.textContent = String(unread);
-          badge.setAttribute("aria-label", `${unread} unread`);
+          const words = document.createElement("span");
+          words.className = "visually-hidden";
+          words.textContent = " unread";
+          badge.append(words);
           button.append(badge);
         }
         button.addEventListener("click", () => openConversation(id));
@@ -435,6 +451,10 @@
       }),
     );
     $("contacts-empty").hidden = ids.length > 0;
+    if (focusedId !== null) {
+      const again = list.querySelector(`.contact[data-user-id="${focusedId}"]`);
+      if (again) again.focus();
+    }
   }
 
   function openConversation(id) {
