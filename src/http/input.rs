@@ -66,14 +66,17 @@ pub fn page<T>(
     Ok(Some(Page { limit, after }))
 }
 
-/// The `?wait=` of a long-poll: `25s`, `500ms`, or whole seconds as a bare integer; `0` (or
-/// none) means no wait; more than `max` is a 400 naming `wait`.
+/// The `?wait=` of a long-poll: `25s`, `500ms`, or whole seconds as a bare integer — exactly
+/// the contract's grammar, `^[0-9]+(s|ms)?$` as `/openapi.json` states it (a general duration
+/// parser also took `1m` or `2 h`, which no document promised); `0` (or none) means no
+/// wait; more than `max` is a 400 naming `wait`.
 pub fn wait(query: Option<&str>, max: std::time::Duration) -> Result<std::time::Duration, ApiError> {
     let Some(w) = query_param(query, "wait") else { return Ok(std::time::Duration::ZERO) };
-    let parsed = match w.parse::<u64>() {
-        Ok(secs) => Some(std::time::Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(&w).ok(),
+    let (digits, unit): (&str, fn(u64) -> std::time::Duration) = match w.strip_suffix("ms") {
+        Some(d) => (d, std::time::Duration::from_millis),
+        None => (w.strip_suffix('s').unwrap_or(&w), std::time::Duration::from_secs),
     };
+    let parsed = if digits.bytes().all(|b| b.is_ascii_digit()) { digits.parse::<u64>().ok().map(unit) } else { None };
     match parsed {
         Some(d) if d <= max => Ok(d),
         Some(_) => Err(ApiError::BadQuery(
@@ -304,6 +307,19 @@ pub fn new_message(body: &[u8]) -> Result<NewMessage<'_>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_takes_the_contract_grammar_only() {
+        let max = std::time::Duration::from_secs(60);
+        let w = |v: &str| wait(Some(&format!("wait={v}")), max);
+        for (v, ms) in [("0", 0), ("25", 25_000), ("25s", 25_000), ("500ms", 500), ("60s", 60_000), ("0ms", 0)] {
+            assert_eq!(w(v), Ok(std::time::Duration::from_millis(ms)), "{v}");
+        }
+        for v in ["", "s", "ms", "1m", "2 s", "1.5s", "-1", "+1", "1h", "61", "99999999999999999999s", "1S"] {
+            assert!(w(v).unwrap_err().message().starts_with("wait:"), "{v}");
+        }
+        assert_eq!(wait(None, max), Ok(std::time::Duration::ZERO));
+    }
 
     fn msg_err(body: &str) -> String {
         new_message(body.as_bytes()).unwrap_err().message().into_owned()
