@@ -212,6 +212,8 @@ async fn assert_exactly_once(log: &Log, outcomes: &[(String, Outcome)]) {
 async fn a_crashed_nats_server_loses_no_acknowledged_entry_and_stores_none_twice() {
     let mut nats = blocking(Nats::start).await;
     let log = open(&nats.url(), "crash", config(1)).await;
+    // A node's reader, open across the crash: it must go on where it was, no gap, no repeat.
+    let follower = Follower::start(&log).await;
     let acked = Arc::new(AtomicUsize::new(0));
     let publishers = spawn_publishers(&log, 4, 60, &acked);
 
@@ -253,12 +255,54 @@ async fn a_crashed_nats_server_loses_no_acknowledged_entry_and_stores_none_twice
     // Read through a fresh connection, as a restarted node would.
     let reader = open(&nats.url(), "crash", config(1)).await;
     assert_exactly_once(&reader, &outcomes).await;
+    follower.caught_up(outcomes.len() as u64).await;
+}
+
+/// A reader that follows the log from the start as a node would, through its sequencer.
+struct Follower {
+    applied: Arc<std::sync::Mutex<Result<u64, String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    async fn start(log: &Log) -> Self {
+        let mut entries = log.read_from(1).await.expect("read the log");
+        let applied = Arc::new(std::sync::Mutex::new(Ok(0)));
+        let shared = applied.clone();
+        let task = tokio::spawn(async move {
+            let mut sequencer = Sequencer::new();
+            while let Some(entry) = entries.next().await {
+                // A read error (the connection broke) is survivable; a gap or repeat is not.
+                let Ok(entry) = entry else { continue };
+                let result = sequencer.apply(entry.seq, entry.timestamp_ns, &entry.command);
+                *shared.lock().expect("lock") = result.map(|a| a.seq).map_err(|e| e.to_string());
+            }
+        });
+        Self { applied, task }
+    }
+
+    /// Waits (10 s at most) until it applied entry `last`, having refused none.
+    async fn caught_up(self, last: u64) {
+        let applied = self.applied.clone();
+        wait_until(&format!("the follower applying entry {last}"), Duration::from_secs(10), || {
+            let now = applied.lock().expect("lock").clone();
+            async move {
+                match now {
+                    Ok(seq) => seq >= last,
+                    Err(e) => panic!("the follower refused an entry: {e}"),
+                }
+            }
+        })
+        .await;
+        self.task.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_cluster_losing_its_stream_leader_loses_no_acknowledged_entry() {
     let mut cluster = blocking(NatsCluster::start).await;
     let log = open(&cluster.urls(), "failover", config(3)).await;
+    let follower = Follower::start(&log).await;
     let acked = Arc::new(AtomicUsize::new(0));
     let publishers = spawn_publishers(&log, 4, 60, &acked);
 
@@ -291,4 +335,5 @@ async fn a_nats_cluster_losing_its_stream_leader_loses_no_acknowledged_entry() {
     let (_, cluster) = new_leader;
     let reader = open(&cluster.urls(), "failover", config(3)).await;
     assert_exactly_once(&reader, &outcomes).await;
+    follower.caught_up(outcomes.len() as u64).await;
 }
