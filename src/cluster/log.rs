@@ -198,8 +198,9 @@ impl Log {
 
     /// The log's first and last sequence numbers now.
     pub async fn extent(&self) -> Result<Extent, LogError> {
-        let mut stream = self.stream().await?;
-        let info = stream.info().await.map_err(|e| self.request_error(e))?;
+        // Getting the stream is a STREAM.INFO request: its answer is fresh.
+        let stream = self.stream().await?;
+        let info = stream.cached_info();
         Ok(Extent {
             first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,

@@ -1,10 +1,23 @@
 //! Cluster mode (issue 12): several chatbus nodes as one server, on NATS JetStream and PostgreSQL.
 //!
 //! **Status.** Built and tested against real NATS: the log's [`Command`]s, the deterministic
-//! [`Sequencer`], and the JetStream [`Log`] (publish with dedup, ordered reading, across a NATS
-//! server's crash and a NATS cluster's leader failover; `tests/cluster_log.rs`). **Not built
-//! yet:** everything from "Applying" on below — nothing here is wired into the engine, the
-//! writer or the server, and the server has no `--nats-url` flag until it is.
+//! [`Sequencer`], and the JetStream [`Log`] — publish with dedup, in-order reading that survives
+//! a NATS server's crash and a NATS cluster's leader failover (`tests/cluster_log.rs`). **Not
+//! built yet:** everything the sections below say about applying, PostgreSQL, activity and
+//! culling — nothing here is wired into the engine, the writer or the server, and the server has
+//! no `--nats-url` flag until it is.
+//!
+//! What the tests taught about JetStream (nats-server 2.9, async-nats 0.46):
+//!
+//! - An acknowledged publish survives a SIGKILL of a lone server and the loss of an R3 stream's
+//!   leader; a publish answered with an error may *also* have been stored (the client buffers
+//!   what it publishes while disconnected and sends it on reconnect), so the publisher must retry
+//!   with the same message id until it gets an ack, and the duplicate window must outlast its
+//!   retries. The duplicate window survives a server restart.
+//! - A 3-server cluster that loses its stream leader accepts publishes again after about 4–8 s
+//!   (a Raft election), whether or not the meta leader died with it; meanwhile publishes time out.
+//! - The client's ordered consumer does not notice a consumer lost with a server for ~30 s, so
+//!   [`Log::read_from`] replaces it itself (see [`log`]).
 //!
 //! # The design
 //!
