@@ -28,10 +28,13 @@
 //! - [`clock`]: strictly increasing server timestamps, and the [`Cursor`](clock::Cursor) clients
 //!   poll with.
 //! - [`metrics`]: Prometheus counters and histograms for `/metrics`.
+//! - [`cluster`]: cluster mode's foundation (not wired in yet): the JetStream log of commands and
+//!   the sequencer that derives timestamps and user ids from it; its doc is the design.
 
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod cull;
 pub mod engine;

@@ -227,7 +227,7 @@ fn running_as_root() -> bool {
 /// Linux), where `bind(port 0)` — every other test server, [`free_port`] — never lands. A cluster
 /// that is not running leaves its port unbound, and nothing else may take it meanwhile: a test
 /// that expects "nothing listens there" must not find some other server.
-fn cluster_port() -> u16 {
+pub fn cluster_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const BASE: u32 = 20_000;
     const SPAN: u32 = 10_000;

@@ -10,6 +10,8 @@
 //!   reading its rows back to compare them with what the API acknowledged.
 //! - [`pg`]: a throwaway database per test on the shared PostgreSQL; [`cluster`]: a throwaway
 //!   PostgreSQL cluster for tests that stop or crash PostgreSQL itself.
+//! - [`nats`]: NATS servers of the test's own ([`nats::Nats`]) and a 3-server NATS cluster
+//!   ([`nats::NatsCluster`]), to crash and restart, for the cluster tests.
 //! - [`load`]: concurrent senders and a polling client, for the load and fault tests.
 //! - [`raw`]: a raw HTTP/1.1 connection, for keep-alive, pipelining and framing.
 //! - [`timestamp`]: the one timestamp parser (RFC 3339 through the `time` crate) and cursors.
@@ -25,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod contract;
 pub mod load;
+pub mod nats;
 pub mod pg;
 pub mod raw;
 pub mod server;

@@ -1,0 +1,267 @@
+//! NATS servers of the test's own, for the cluster tests: never the machine's shared one on 4222.
+//!
+//! [`Nats::start`] runs `nats-server -js` on loopback ports of its own (outside the ephemeral
+//! range, see [`cluster_port`]) with its storage in a temporary directory, and returns once it
+//! answers `/healthz` with JetStream ready. [`Nats::kill`] SIGKILLs it (a crash: JetStream keeps
+//! only what it had written); [`Nats::restart`] starts it again on the same ports and storage.
+//! [`NatsCluster::start`] runs three such servers as one NATS cluster (routes between them, one
+//! cluster name), so a stream can have 3 replicas; [`NatsCluster::stream_leader`] and
+//! [`NatsCluster::meta_leader`] ask the monitoring port (`/jsz`) which server leads, to kill it.
+//! Dropping either kills every server and deletes the storage, also when the test panicked.
+//!
+//! `nats-server` is found on `PATH`, else in `/usr/sbin` or `/usr/local/bin` (Debian installs it
+//! in `/usr/sbin`, off a normal user's `PATH`). Without it the test panics saying how to install
+//! it: nothing here skips.
+//!
+//! Every method blocks (it waits for a server); from async code call it through
+//! `support::wait::blocking`.
+
+use super::cluster::cluster_port;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start (JetStream recovers its storage first).
+const START_LIMIT: Duration = Duration::from_secs(15);
+
+/// One `nats-server` process of the test's own. See the module doc.
+pub struct Nats {
+    child: Option<Child>,
+    args: Vec<String>,
+    port: u16,
+    monitor: u16,
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts a lone server with JetStream and waits until it is ready.
+    pub fn start() -> Self {
+        let mut nats = Self::configure("solo", &[]);
+        nats.spawn();
+        nats.wait_ready();
+        nats
+    }
+
+    /// The server with its ports and storage chosen, not started; `cluster` is extra arguments.
+    fn configure(name: &str, cluster: &[String]) -> Self {
+        let dir = tempfile::Builder::new().prefix("chatbus-nats-").tempdir().expect("a temporary directory");
+        let (port, monitor) = (cluster_port(), cluster_port());
+        let mut args: Vec<String> = vec![
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor.to_string(),
+            "-n".into(),
+            name.into(),
+            "-sd".into(),
+            dir.path().to_str().expect("a UTF-8 temporary path").into(),
+        ];
+        args.extend_from_slice(cluster);
+        Self { child: None, args, port, monitor, name: name.into(), dir }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server {} already runs", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the nats-server log");
+        let child = Command::new(binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's name (`-n`), as `/jsz` reports leaders.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it runs (was started and not killed since).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILLs the server and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same ports and storage, and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Waits until `/healthz` says the server and its JetStream are ready.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nats-server {} exited ({status}) while starting:\n{}", self.name, self.log());
+            }
+            if get(self.monitor, "/healthz").is_some_and(|body| body.contains("\"ok\"")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not ready within {START_LIMIT:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `/jsz` of this server's monitoring port with stream details, as JSON; `None` if it does not
+    /// answer.
+    pub fn jsz(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&get(self.monitor, "/jsz?acc=%24G&streams=true")?).ok()
+    }
+
+    /// What the server wrote.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three `nats-server`s on loopback as one NATS cluster with JetStream. See the module doc.
+pub struct NatsCluster {
+    /// The servers, `n0`, `n1`, `n2`.
+    pub servers: Vec<Nats>,
+}
+
+impl NatsCluster {
+    /// Starts three servers routed to each other and waits until each is ready (which includes
+    /// a JetStream meta leader having been elected).
+    pub fn start() -> Self {
+        let routes: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let mut servers: Vec<Nats> = (0..3)
+            .map(|i| {
+                let others: Vec<String> =
+                    (0..3).filter(|&j| j != i).map(|j| format!("nats://127.0.0.1:{}", routes[j])).collect();
+                let cluster = vec![
+                    "--cluster_name".to_string(),
+                    "chatbus-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    others.join(","),
+                ];
+                Nats::configure(&format!("n{i}"), &cluster)
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn();
+        }
+        for server in &mut servers {
+            server.wait_ready();
+        }
+        Self { servers }
+    }
+
+    /// Every server's URL, comma-separated (what a client gets to fail over between them).
+    pub fn urls(&self) -> String {
+        self.servers.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The index of the server that leads `stream`, as a running server reports it.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let leader = self.ask(|jsz| {
+            jsz["account_details"].as_array()?.iter().find_map(|account| {
+                account["stream_detail"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == stream)
+                    .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned))
+            })
+        })?;
+        self.index_of(&leader)
+    }
+
+    /// The index of the JetStream meta leader, as a running server reports it.
+    pub fn meta_leader(&self) -> Option<usize> {
+        let leader = self.ask(|jsz| jsz["meta_cluster"]["leader"].as_str().map(str::to_owned))?;
+        self.index_of(&leader)
+    }
+
+    /// Waits (with a deadline) until a running server names a leader for `stream` that is itself
+    /// running, and returns its index.
+    pub fn wait_stream_leader(&self, stream: &str, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = self.stream_leader(stream).filter(|&i| self.servers[i].running()) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader for stream {stream} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ask(&self, read: impl Fn(&serde_json::Value) -> Option<String>) -> Option<String> {
+        self.servers
+            .iter()
+            .filter(|s| s.running())
+            .filter_map(Nats::jsz)
+            .find_map(|jsz| read(&jsz).filter(|leader| !leader.is_empty()))
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.name() == name)
+    }
+}
+
+/// The `nats-server` binary: on `PATH`, else where Debian and a manual install put it.
+fn binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("nats-server")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let fixed = ["/usr/sbin/nats-server", "/usr/local/bin/nats-server"].map(PathBuf::from);
+    if let Some(found) = on_path.into_iter().chain(fixed).find(|p| p.is_file()) {
+        return found;
+    }
+    panic!(
+        "\n\nThe cluster tests run their own NATS servers and need `nats-server` (with JetStream, \
+         2.9 or later): install it (Debian: `apt-get install nats-server`) or put it on PATH.\n"
+    );
+}
+
+/// The body of `GET path` on the monitoring port, or `None` if it does not answer 200.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_owned())
+}
