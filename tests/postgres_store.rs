@@ -7,7 +7,7 @@ mod support;
 
 use chatbus::store::postgres::PostgresStore;
 use chatbus::store::sqlite::SqliteStore;
-use chatbus::store::{migrations, MessageRow, Op, SessionRow, Snapshot, Store, StoreOptions, UserRow};
+use chatbus::store::{migrations, LogPosition, MessageRow, Op, SessionRow, Snapshot, Store, StoreOptions, UserRow};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -198,6 +198,36 @@ fn a_retried_batch_writes_nothing_twice() {
     let snap = s.load().unwrap();
     assert_eq!(snap.users.iter().map(|u| u.id).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(snap.max_user_id, 4);
+}
+
+/// Cluster mode's log position: per stream, raised by a later batch, never lowered by an older
+/// one (another node behind), and within a batch the last one counts; on both stores alike.
+#[test]
+fn log_positions_only_rise() {
+    let db = TestDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("positions.db");
+    let mut lite = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let mut pg = open(&db);
+    let at = |stream: &str, seq: i64| Op::LogPosition {
+        stream: stream.into(),
+        position: LogPosition { seq, created_ns: seq * 1000, user_id: seq / 10 },
+    };
+    for store in [&mut pg as &mut dyn Store, &mut lite] {
+        store.write(&[at("a", 5), Op::UpsertUser(user(1)), at("a", 9), at("b", 3)]).unwrap();
+        store.write(&[at("a", 7)]).unwrap(); // a node behind: changes nothing
+        store.write(&[at("b", 4), at("b", 2)]).unwrap(); // the batch's last counts: 2 < 3, nothing
+        let snap = store.load().unwrap();
+        assert_eq!(
+            snap.log_positions,
+            vec![
+                ("a".to_owned(), LogPosition { seq: 9, created_ns: 9000, user_id: 0 }),
+                ("b".to_owned(), LogPosition { seq: 3, created_ns: 3000, user_id: 0 }),
+            ]
+        );
+        store.write(&[at("b", 12)]).unwrap();
+        assert_eq!(store.load().unwrap().log_positions[1].1, LogPosition { seq: 12, created_ns: 12000, user_id: 1 });
+    }
 }
 
 #[test]
@@ -457,6 +487,10 @@ fn matches_the_sqlite_store() {
                 30..=36 if id != other => Op::AddContact { a: id.min(other), b: id.max(other) },
                 37..=40 if id != other => Op::RemoveContact { a: id.min(other), b: id.max(other) },
                 41..=44 => Op::Watermark { user_id: id, left_ns: ns - rng.gen_range(0..10_000_000) },
+                45..=48 => Op::LogPosition {
+                    stream: format!("s{}", rng.gen_range(0..2)),
+                    position: LogPosition { seq: rng.gen_range(0..1000), created_ns: ns, user_id: id },
+                },
                 _ => Op::Message(MessageRow {
                     uuid: rng.gen(),
                     created_ns: ns,
@@ -477,6 +511,8 @@ fn matches_the_sqlite_store() {
     }
     let (p, l) = (pg.load().unwrap(), lite.load().unwrap());
     assert!(p.users.len() > 5 && p.sessions.len() > 5 && !p.contacts.is_empty() && p.messages.len() > 100);
+    assert_eq!(p.log_positions.len(), 2, "{:?}", p.log_positions);
+    assert_eq!(p.log_positions, l.log_positions);
     assert_eq!(p.users, l.users);
     assert_eq!(p.sessions, l.sessions);
     assert_eq!(p.contacts, l.contacts);

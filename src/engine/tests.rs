@@ -128,6 +128,7 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
             })
             .collect(),
         max_user_id: 5,
+        log_positions: Vec::new(),
     };
     e.restore(snap);
     assert_eq!(e.users().len(), 2);

@@ -64,6 +64,40 @@ pub struct MessageRow {
     pub attachments: Option<String>,
 }
 
+/// How far a store holds a cluster's log (see `crate::cluster`): every entry up to `seq` is
+/// written; `created_ns` and `user_id` are the sequencer's state after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// The last stream sequence written.
+    pub seq: i64,
+    /// The last `created_ns` handed out by then.
+    pub created_ns: i64,
+    /// The last user id handed out by then.
+    pub user_id: i64,
+}
+
+/// The indices of the ops in `ops` that a store must write: all but the [`Op::LogPosition`]s a
+/// later one of the same stream supersedes. `None` when every op is to be written (no position,
+/// or one), the common case, which costs one pass and no allocation.
+pub fn latest_positions(ops: &[Op]) -> Option<Vec<bool>> {
+    let positions = ops.iter().filter(|op| matches!(op, Op::LogPosition { .. })).count();
+    if positions <= 1 {
+        return None;
+    }
+    let mut keep = vec![true; ops.len()];
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, op) in ops.iter().enumerate().rev() {
+        if let Op::LogPosition { stream, .. } = op {
+            if seen.contains(&stream.as_str()) {
+                keep[i] = false;
+            } else {
+                seen.push(stream);
+            }
+        }
+    }
+    Some(keep)
+}
+
 /// One mutation, in the order the engine made it. Every op is idempotent. Serialisable, for the
 /// spill and dead-letter files (JSON lines, one op each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +135,16 @@ pub enum Op {
     },
     /// Insert the message (nothing if a row with its timestamp exists).
     Message(MessageRow),
+    /// Cluster mode: raise the stored position in `stream`'s log to `position` (never lowers it).
+    /// A node queues it after the ops of the entries it applied up to there, so a batch that
+    /// holds it holds them too; only the last one per stream in a batch is written
+    /// ([`latest_positions`]).
+    LogPosition {
+        /// The log (JetStream stream name).
+        stream: String,
+        /// How far.
+        position: LogPosition,
+    },
     /// Raise the user's culled-message watermark (`users.left_ns`) to at least `left_ns`.
     Watermark {
         /// The user.
@@ -123,6 +167,8 @@ pub struct Snapshot {
     pub messages: Vec<MessageRow>,
     /// The highest user id ever stored, deleted users included: ids are never reused.
     pub max_user_id: i64,
+    /// Cluster mode: how far the store holds each log (stream name, position).
+    pub log_positions: Vec<(String, LogPosition)>,
 }
 
 /// How a store should behave, from the command line.

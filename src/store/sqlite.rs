@@ -5,7 +5,7 @@
 //! `synchronous=FULL`, so an acknowledged write survives a power loss too.
 
 use super::migrations::{self, Migration};
-use super::{ErrorKind, MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
+use super::{ErrorKind, LogPosition, MessageRow, Op, SessionRow, Snapshot, Store, StoreError, StoreOptions, UserRow};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 impl From<rusqlite::Error> for StoreError {
@@ -127,12 +127,22 @@ impl Store for SqliteStore {
             let uuid = parse_hex(&uuid).ok_or_else(|| bad_row("messages"))?;
             snap.messages.push(MessageRow { uuid, created_ns, sender_id, receiver_id, body, attachments });
         }
+        let mut st = c.prepare("SELECT stream, seq, created_ns, user_id FROM log_position ORDER BY stream")?;
+        snap.log_positions = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, LogPosition { seq: r.get(1)?, created_ns: r.get(2)?, user_id: r.get(3)? }))
+            })?
+            .collect::<Result<_, _>>()?;
         Ok(snap)
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for op in ops {
+        let keep = super::latest_positions(ops);
+        for (i, op) in ops.iter().enumerate() {
+            if keep.as_ref().is_some_and(|k| !k[i]) {
+                continue;
+            }
             match op {
                 Op::UpsertUser(u) => {
                     // Two statements, not ON CONFLICT(id): a retried batch that deleted a user and
@@ -189,6 +199,15 @@ impl Store for SqliteStore {
                         m.body,
                         m.attachments
                     ])?;
+                }
+                Op::LogPosition { stream, position: p } => {
+                    tx.prepare_cached(
+                        "INSERT INTO log_position (stream, seq, created_ns, user_id) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (stream) DO UPDATE
+                         SET seq = excluded.seq, created_ns = excluded.created_ns, user_id = excluded.user_id
+                         WHERE log_position.seq < excluded.seq",
+                    )?
+                    .execute(params![stream, p.seq, p.created_ns, p.user_id])?;
                 }
                 Op::Watermark { user_id, left_ns } => {
                     tx.prepare_cached(

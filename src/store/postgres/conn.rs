@@ -38,6 +38,8 @@ pub(super) struct Statements {
     pub(super) add_contact: Statement,
     pub(super) remove_contact: Statement,
     pub(super) watermark: Statement,
+    /// Raise the log position of a stream (never lower it).
+    pub(super) log_position: Statement,
     /// Messages straight into the table (fails on a duplicate).
     pub(super) copy_messages: Statement,
     /// Messages into the staging table, and from there into the table skipping duplicates.
@@ -89,6 +91,14 @@ impl Statements {
             remove_contact: client.prepare("DELETE FROM contacts WHERE user_a = $1 AND user_b = $2").await?,
             watermark: client
                 .prepare("UPDATE users SET left_ns = $2 WHERE id = $1 AND (left_ns IS NULL OR left_ns < $2)")
+                .await?,
+            log_position: client
+                .prepare(
+                    "INSERT INTO log_position (stream, seq, created_ns, user_id) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (stream) DO UPDATE
+                     SET seq = EXCLUDED.seq, created_ns = EXCLUDED.created_ns, user_id = EXCLUDED.user_id
+                     WHERE log_position.seq < EXCLUDED.seq",
+                )
                 .await?,
             copy_messages: client
                 .prepare(

@@ -2,7 +2,7 @@
 
 use super::conn::Conn;
 use super::{PgUuid, MESSAGE_TYPES};
-use crate::store::{MessageRow, SessionRow, Snapshot, UserRow};
+use crate::store::{LogPosition, MessageRow, SessionRow, Snapshot, UserRow};
 use futures_util::StreamExt;
 use postgres_types::Type;
 use std::pin::pin;
@@ -70,6 +70,10 @@ pub(super) async fn load_all(conn: &mut Conn) -> Result<Snapshot, tokio_postgres
         .query_one("SELECT GREATEST((SELECT id FROM user_id_high), (SELECT COALESCE(max(id), 0) FROM users))", &[])
         .await?;
     snap.max_user_id = high.try_get(0)?;
+    for row in tx.query("SELECT stream, seq, created_ns, user_id FROM log_position ORDER BY stream", &[]).await? {
+        let position = LogPosition { seq: row.try_get(1)?, created_ns: row.try_get(2)?, user_id: row.try_get(3)? };
+        snap.log_positions.push((row.try_get(0)?, position));
+    }
     tx.commit().await?;
     Ok(snap)
 }

@@ -46,7 +46,11 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
         Box::new(value)
     }
     let mut pending = Vec::new();
-    for op in ops {
+    let keep = crate::store::latest_positions(ops);
+    for (i, op) in ops.iter().enumerate() {
+        if keep.as_ref().is_some_and(|k| !k[i]) {
+            continue;
+        }
         let (statement, params): (&Statement, Params) = match op {
             Op::UpsertUser(u) => {
                 (&st.upsert_user, vec![p(u.id), p(u.uuid.clone()), p(u.display_name.clone()), p(u.left_ns)])
@@ -67,6 +71,9 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
             Op::AddContact { a, b } => (&st.add_contact, vec![p(*a), p(*b)]),
             Op::RemoveContact { a, b } => (&st.remove_contact, vec![p(*a), p(*b)]),
             Op::Watermark { user_id, left_ns } => (&st.watermark, vec![p(*user_id), p(*left_ns)]),
+            Op::LogPosition { stream, position: l } => {
+                (&st.log_position, vec![p(stream.clone()), p(l.seq), p(l.created_ns), p(l.user_id)])
+            }
             Op::Message(_) => continue,
         };
         pending.push(tx.execute_raw(statement, params));
