@@ -100,8 +100,10 @@
 //! 4. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection,
 //!    and the multi-node tests of the issue.
 
+pub mod applier;
 pub mod command;
 pub mod log;
 
+pub use applier::{Applier, ApplierError, ApplierHandle, Outcome, Stopped};
 pub use command::{Applied, Command, Position, SequenceError, Sequencer};
 pub use log::{Entries, Entry, Extent, Log, LogConfig, LogError, Stored};
