@@ -122,7 +122,9 @@
 //!    PostgreSQL and starts the applier from the highest fully-written position; `/readyz` is
 //!    503 until the applier has caught up with the log's end seen at start.
 //! 3. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection
-//!    and the applier, and the multi-node tests of the issue.
+//!    and the applier, and the multi-node tests of the issue. Nodes must agree on the settings
+//!    applying depends on (`--max-users`, the per-user caps, both TTLs, the mailbox capacity):
+//!    a node should refuse to start when they differ from those recorded with the stream.
 
 pub mod applier;
 pub mod command;

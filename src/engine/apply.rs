@@ -16,6 +16,8 @@
 //! - **Caps count the shared state**: `--max-users` the users held, `--max-sessions-per-user` and
 //!   `--max-contacts-per-user` the user's — all equal on every node at the same entry. A refused
 //!   `CreateUser` still used up its id (the sequencer counts every one): ids stay unique, with gaps.
+//!   So every node must run with the same caps, TTLs and mailbox capacity (the engine's config but
+//!   `shards`, `durable_acks` and `send_rate`): a node configured otherwise would diverge.
 //! - **What is local is not consulted**: not `--send-rate`, the write queue or the store's health
 //!   (the publishing node checks those before it publishes), and not held polls or streams when
 //!   culling (they are one node's; their activity reaches the log as `Touch`).
