@@ -28,8 +28,9 @@
 //! - [`clock`]: strictly increasing server timestamps, and the [`Cursor`](clock::Cursor) clients
 //!   poll with.
 //! - [`metrics`]: Prometheus counters and histograms for `/metrics`.
-//! - [`cluster`]: cluster mode's foundation (not wired in yet): the JetStream log of commands and
-//!   the sequencer that derives timestamps and user ids from it; its doc is the design.
+//! - [`cluster`]: cluster mode's foundation (not wired in yet): the JetStream log of commands,
+//!   the sequencer that derives timestamps and user ids from it, and the applier that applies it
+//!   to the engine (`Engine::apply`, in `engine/apply.rs`); its doc is the design.
 
 #![warn(missing_docs)]
 

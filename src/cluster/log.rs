@@ -73,6 +73,9 @@ pub struct Entry {
     pub timestamp_ns: i64,
     /// What it says.
     pub command: Command,
+    /// The message id it was published under (`Nats-Msg-Id`), by which its publisher waits for
+    /// its outcome; `None` if it was published without one.
+    pub msg_id: Option<String>,
 }
 
 /// The extent of the log as the stream reports it.
@@ -327,7 +330,12 @@ fn entry(message: &jetstream::Message) -> Result<Entry, LogError> {
         .map_err(|_| LogError::Unreadable { seq, reason: "timestamp out of range".into() })?;
     let command = serde_json::from_slice(&message.payload)
         .map_err(|e| LogError::Unreadable { seq, reason: format!("not a command: {e}") })?;
-    Ok(Entry { seq, timestamp_ns, command })
+    let msg_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned());
+    Ok(Entry { seq, timestamp_ns, command, msg_id })
 }
 
 fn publish_error(e: jetstream::context::PublishError, timeout: Duration) -> LogError {

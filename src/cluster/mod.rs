@@ -1,11 +1,16 @@
 //! Cluster mode (issue 12): several chatbus nodes as one server, on NATS JetStream and PostgreSQL.
 //!
 //! **Status.** Built and tested against real NATS: the log's [`Command`]s, the deterministic
-//! [`Sequencer`], and the JetStream [`Log`] — publish with dedup, in-order reading that survives
-//! a NATS server's crash and a NATS cluster's leader failover (`tests/cluster_log.rs`). **Not
-//! built yet:** everything the sections below say about applying, PostgreSQL, activity and
-//! culling — nothing here is wired into the engine, the writer or the server, and the server has
-//! no `--nats-url` flag until it is.
+//! [`Sequencer`], the JetStream [`Log`] — publish with dedup, in-order reading that survives
+//! a NATS server's crash and a NATS cluster's leader failover (`tests/cluster_log.rs`) — and the
+//! deterministic state machine: [`Engine::apply`](crate::engine::Engine::apply) applies one entry
+//! with the sequencer's ids and times (`engine/apply.rs`, whose doc says how each command is
+//! applied), and the [`Applier`] task applies the log to an engine, publishes how far it got and
+//! hands each entry's outcome to its publisher (`tests/cluster_apply.rs`: two nodes agree on every
+//! message and timestamp, a receiver polling both gets every acknowledged message once, a late
+//! node catches up). **Not built yet:** publishing from the HTTP handlers, PostgreSQL's
+//! `cluster_position` and start-up replay — nothing here is wired into the server, which has no
+//! `--nats-url` flag until it is (see "What is next").
 //!
 //! What the tests taught about JetStream (nats-server 2.9, async-nats 0.46):
 //!
@@ -88,20 +93,43 @@
 //! culls nothing new), and every node culls as of the tick's log time. The cost is that a
 //! session's activity is known cluster-wide a second late, far inside any sensible session TTL.
 //!
-//! # What is next
+//! # What is built, what is next
 //!
-//! 1. An `Applier` in this module: reads the [`Log`] from a position, runs the [`Sequencer`], and
-//!    applies each command to the engine through new engine entry points that take `created_ns`
-//!    and user ids instead of the [`Clock`](crate::clock::Clock); publishes the applied position
-//!    on a `watch` channel, which publishers await.
-//! 2. A `Publisher` the HTTP handlers call in cluster mode instead of the engine's mutations.
-//! 3. `cluster_position` (a migration) written by the writer with each batch; start-up resumes
-//!    from it.
-//! 4. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection,
-//!    and the multi-node tests of the issue.
+//! Built:
+//!
+//! - [`Command`], [`Sequencer`], [`Log`] (above).
+//! - `Engine::apply` (`engine/apply.rs`): every command applied from the engine's state, the
+//!   command and [`Applied`] alone, with the live paths' validation and errors; `Touch` sets
+//!   activity to the entry's time, `Tick` culls as of it (held polls do not spare a session in
+//!   cluster mode: they are one node's); writes go to the writer write-behind.
+//! - [`Applier`]: reads the log from a [`Position`], sequences and applies each entry, publishes
+//!   the position on a `watch` ([`ApplierHandle::wait_applied`]), and hands outcomes to
+//!   publishers by message id ([`ApplierHandle::expect`]; the id is the entry's `Nats-Msg-Id`).
+//!   A sequence error or an unreadable entry stops it, and every waiter is told.
+//!
+//! Next:
+//!
+//! 1. A `Publisher` the HTTP handlers call in cluster mode instead of the engine's mutations:
+//!    validate locally (4xx, `--send-rate`, the write queue's room), draw the ids the command
+//!    carries, `expect` then publish with retries under the same id, answer with the outcome.
+//!    A publish acknowledged as a `duplicate` whose entry was applied before `expect` must not
+//!    wait for ever: wait for the applied position, then answer from the state (or retry with a
+//!    fresh id). Polls and held polls/streams in cluster mode must stop marking activity on the
+//!    local clock (`Engine::poll`, `Hold`'s release) and collect the sessions for the node's
+//!    once-a-second `Touch` instead; the local `Culler` thread must not run (ticks come from the
+//!    log: one node, or every node, publishes `Tick` once a second).
+//! 2. `cluster_position` (a migration) written by the writer with each batch; start-up loads
+//!    PostgreSQL and starts the applier from the highest fully-written position; `/readyz` is
+//!    503 until the applier has caught up with the log's end seen at start.
+//! 3. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection
+//!    and the applier, and the multi-node tests of the issue. Nodes must agree on the settings
+//!    applying depends on (`--max-users`, the per-user caps, both TTLs, the mailbox capacity):
+//!    a node should refuse to start when they differ from those recorded with the stream.
 
+pub mod applier;
 pub mod command;
 pub mod log;
 
+pub use applier::{Applier, ApplierError, ApplierHandle, Outcome, Stopped};
 pub use command::{Applied, Command, Position, SequenceError, Sequencer};
 pub use log::{Entries, Entry, Extent, Log, LogConfig, LogError, Stored};

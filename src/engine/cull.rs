@@ -10,19 +10,40 @@ fn ttl_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// Whether a held poll or open stream keeps an idle session from expiring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holds {
+    /// Yes: single-node mode, where the hold is on this very server.
+    Keep,
+    /// No: cluster mode, where holds are local to one node and so cannot decide what every node
+    /// does; a held session's activity reaches the log as a `Touch` instead.
+    Ignore,
+}
+
+impl Holds {
+    fn keeps(self, s: &Session) -> bool {
+        self == Holds::Keep && s.holds() > 0
+    }
+}
+
 impl Engine {
     /// One culling pass over shard `index` at wall time `now`: closes idle sessions, removes
     /// expired messages from mailboxes, and (when `flush_activity`) queues the `last_active`
     /// changes since the last flush as one batched op. Takes each shard's map lock only long
     /// enough to copy its entries; each mailbox's writer lock only for its own cull.
     pub fn cull_shard(&self, index: usize, now: i64, flush_activity: bool) {
+        self.cull_shard_as(index, now, flush_activity, Holds::Keep);
+    }
+
+    /// [`Engine::cull_shard`], with `holds` saying whether a held session is spared.
+    pub(super) fn cull_shard_as(&self, index: usize, now: i64, flush_activity: bool, holds: Holds) {
         let Some(shard) = self.shards.get(index) else { return };
         let idle_before = now.saturating_sub(ttl_ns(self.config.session_ttl));
         let sessions: Vec<Arc<Session>> = shard.sessions.read().values().cloned().collect();
         let mut touches = Vec::new();
         for s in sessions {
-            if s.last_active() < idle_before && s.holds() == 0 {
-                self.expire_session(&s, idle_before);
+            if s.last_active() < idle_before && !holds.keeps(&s) {
+                self.expire_session(&s, idle_before, holds);
             } else if flush_activity {
                 if let Some(ns) = s.take_unpersisted_activity() {
                     touches.push((s.uuid.0, ns));
@@ -41,10 +62,10 @@ impl Engine {
         }
     }
 
-    fn expire_session(&self, s: &Arc<Session>, idle_before: i64) {
+    fn expire_session(&self, s: &Arc<Session>, idle_before: i64, holds: Holds) {
         let _admin = self.admin.lock();
         // A poll may have touched it, or a held poll or stream taken it, since we looked.
-        if s.last_active() >= idle_before || s.holds() > 0 {
+        if s.last_active() >= idle_before || holds.keeps(s) {
             return;
         }
         if self.unlink_session(s.uuid).is_some() {
@@ -71,8 +92,13 @@ impl Engine {
 
     /// One culling pass over every shard, then the store's share of message culling.
     pub fn cull_all(&self, now: i64, flush_activity: bool) {
+        self.cull_all_as(now, flush_activity, Holds::Keep);
+    }
+
+    /// [`Engine::cull_all`], with `holds` saying whether a held session is spared.
+    pub(super) fn cull_all_as(&self, now: i64, flush_activity: bool, holds: Holds) {
         for i in 0..self.shards.len() {
-            self.cull_shard(i, now, flush_activity);
+            self.cull_shard_as(i, now, flush_activity, holds);
         }
         self.writer.cull(now.saturating_sub(ttl_ns(self.config.message_ttl)));
     }

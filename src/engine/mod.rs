@@ -49,8 +49,10 @@
 //!
 //! This file holds the shape, the errors and the hot path (poll and send); `users`, `sessions`
 //! and `contacts` hold the rare mutations; `types` the records and ids; `wait` held polls and
-//! streams; `restore` the start-up load; `cull` the expiry of idle sessions and old messages.
+//! streams; `restore` the start-up load; `cull` the expiry of idle sessions and old messages; `apply`
+//! the cluster log's commands applied deterministically (cluster mode).
 
+mod apply;
 mod contacts;
 mod cull;
 mod restore;
@@ -59,6 +61,7 @@ mod types;
 mod users;
 mod wait;
 
+pub use apply::Effect;
 pub use wait::{Hold, Woken};
 
 pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
@@ -164,6 +167,11 @@ pub enum EngineError {
     /// The store refused the write for good; it was set aside in the dead-letter file.
     #[error("the store refused this write; it was set aside for an operator (dead-letter file)")]
     StoreRefused,
+    /// A cluster log entry holds what no publisher writes (a session or message id that is not 32
+    /// lowercase hex digits, a new session's id that another user's session has): every node
+    /// refuses it alike. Names the field.
+    #[error("{0}: malformed in the cluster log entry")]
+    MalformedCommand(&'static str),
 }
 
 /// Why the server is not ready for traffic (`/readyz`).
@@ -350,24 +358,7 @@ impl Engine {
         })?;
         let sender = &session.user;
         let uuid: u128 = rand::random();
-        let (first, second) = if sender.id <= receiver.id { (sender, &receiver) } else { (&receiver, sender) };
-        let (created, json, wake_first, wake_second) = {
-            // The ordering invariant (module doc): lock both mailboxes, then take the timestamp.
-            let mut first_w = first.mailbox.lock();
-            let mut second_w = (first.id != second.id).then(|| second.mailbox.lock());
-            let created = self.clock.next();
-            let json = render::message(uuid, created, sender.id, receiver.id, body, attachments.as_deref());
-            let wake_first = first_w.push(created, json.clone());
-            let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, json.clone()));
-            (created, json, wake_first, wake_second)
-        };
-        // Waiters are woken once the mailboxes are unlocked: they re-read them at once.
-        if wake_first {
-            first.wake.notify_waiters();
-        }
-        if wake_second {
-            second.wake.notify_waiters();
-        }
+        let (created, json) = deliver(sender, &receiver, uuid, body, attachments.as_deref(), || self.clock.next());
         session.touch(Clock::wall_ns());
         let op = Op::Message(MessageRow {
             uuid,
@@ -385,6 +376,42 @@ impl Engine {
         }
         Ok(json)
     }
+}
+
+/// Pushes a message into the sender's and the receiver's mailboxes and wakes their waiters;
+/// returns its `created` and JSON. `stamp` gives the timestamp: the live path's clock, or the
+/// log's (cluster mode, see [`Engine::apply`]).
+///
+/// The ordering invariant (module doc): both mailboxes are locked — in user-id order, so two
+/// sends cannot deadlock — and only then is `stamp` called, so for any one mailbox the order of
+/// timestamps is the order of pushes.
+#[inline(always)]
+fn deliver(
+    sender: &Arc<User>,
+    receiver: &Arc<User>,
+    uuid: u128,
+    body: &str,
+    attachments: Option<&str>,
+    stamp: impl FnOnce() -> i64,
+) -> (i64, Bytes) {
+    let (first, second) = if sender.id <= receiver.id { (sender, receiver) } else { (receiver, sender) };
+    let (created, json, wake_first, wake_second) = {
+        let mut first_w = first.mailbox.lock();
+        let mut second_w = (first.id != second.id).then(|| second.mailbox.lock());
+        let created = stamp();
+        let json = render::message(uuid, created, sender.id, receiver.id, body, attachments);
+        let wake_first = first_w.push(created, json.clone());
+        let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, json.clone()));
+        (created, json, wake_first, wake_second)
+    };
+    // Waiters are woken once the mailboxes are unlocked: they re-read them at once.
+    if wake_first {
+        first.wake.notify_waiters();
+    }
+    if wake_second {
+        second.wake.notify_waiters();
+    }
+    (created, json)
 }
 
 #[cfg(test)]

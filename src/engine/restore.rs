@@ -6,7 +6,7 @@
 //! their TTL are pushed too and leave at the first culling pass, which runs before the listener
 //! opens. The clock is moved past every restored timestamp so none is ever handed out again.
 
-use super::{Engine, Session, SessionId, User};
+use super::{Engine, Session, SessionId};
 use crate::render;
 use crate::store::Snapshot;
 use std::sync::atomic::Ordering;
@@ -18,19 +18,10 @@ impl Engine {
         let mut max_id = snapshot.max_user_id;
         for row in snapshot.users {
             max_id = max_id.max(row.id);
-            let user = Arc::new(User::new(
-                row.id,
-                Arc::from(row.uuid.as_str()),
-                row.display_name.into(),
-                self.config.mailbox_capacity,
-                None,
-            ));
+            let user = self.insert_user(row.id, &row.uuid, &row.display_name, None);
             if let Some(ns) = row.left_ns {
                 user.mailbox.lock().mark_left(ns);
             }
-            self.user_shard(row.id).users.write().insert(row.id, user.clone());
-            self.by_uuid.insert(user.uuid.clone(), user);
-            self.user_count.fetch_add(1, Ordering::Relaxed);
         }
         self.next_user_id.fetch_max(max_id + 1, Ordering::Relaxed);
         for (a, b) in snapshot.contacts {

@@ -289,6 +289,13 @@ impl Session {
         }
     }
 
+    /// Marks the session active at `ns` exactly, never moving it back (cluster mode: `ns` comes
+    /// from the log, so every node keeps the same value; no granularity, unlike
+    /// [`Session::touch`]).
+    pub(crate) fn mark_active(&self, ns: i64) {
+        self.last_active.fetch_max(ns, Ordering::Relaxed);
+    }
+
     /// The `last_active` to write, if it changed since the last call.
     pub(crate) fn take_unpersisted_activity(&self) -> Option<i64> {
         let now = self.last_active();

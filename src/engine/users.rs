@@ -2,6 +2,7 @@
 
 use super::{committed, Engine, EngineError, User, UserView};
 use crate::store::{Op, UserRow};
+use crate::writer::Commit;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -26,13 +27,7 @@ impl Engine {
                         display_name: display_name.to_owned(),
                         left_ns: None,
                     }));
-                    let capacity = self.config.mailbox_capacity;
-                    let key: Arc<str> = uuid.into();
-                    let user = Arc::new(User::new(id, key.clone(), display_name.into(), capacity, Some(created)));
-                    self.user_shard(id).users.write().insert(id, user.clone());
-                    self.by_uuid.insert(key, user.clone());
-                    self.user_count.fetch_add(1, Ordering::Relaxed);
-                    (user, true)
+                    (self.insert_user(id, uuid, display_name, Some(created)), true)
                 }
             }
         };
@@ -44,6 +39,23 @@ impl Engine {
             outcome?;
         }
         Ok(user.view())
+    }
+
+    /// Puts a new user into its shard, the uuid index and the count (under `admin`, or alone at
+    /// restore). `created` is the commit of the write that creates it, if it must be awaited.
+    pub(super) fn insert_user(
+        &self,
+        id: i64,
+        uuid: &str,
+        display_name: &str,
+        created: Option<Arc<Commit>>,
+    ) -> Arc<User> {
+        let key: Arc<str> = uuid.into();
+        let user = Arc::new(User::new(id, key.clone(), display_name.into(), self.config.mailbox_capacity, created));
+        self.user_shard(id).users.write().insert(id, user.clone());
+        self.by_uuid.insert(key, user.clone());
+        self.user_count.fetch_add(1, Ordering::Relaxed);
+        user
     }
 
     /// Takes a user whose creation the store refused back out of memory.
@@ -124,19 +136,26 @@ impl Engine {
             let _admin = self.admin.lock();
             self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.require_store()?;
-            let user = self.user_shard(id).users.write().remove(&id).ok_or(EngineError::NoSuchUser("user_id"))?;
-            self.by_uuid.remove(&user.uuid);
-            self.user_count.fetch_sub(1, Ordering::Relaxed);
-            for uuid in user.take_sessions() {
-                self.unlink_session(uuid);
-            }
-            for other in user.take_contacts() {
-                if let Some(o) = self.user_arc(other) {
-                    o.remove_contact(id);
-                }
-            }
+            self.remove_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
             self.writer.submit_durable(Op::DeleteUser { id })
         };
         committed(&commit).await
+    }
+
+    /// Takes a user out of memory with their sessions (closed, so their waiters end) and their
+    /// contacts, both ways (under `admin`). The store's share is the caller's.
+    pub(super) fn remove_user(&self, id: i64) -> Option<Arc<User>> {
+        let user = self.user_shard(id).users.write().remove(&id)?;
+        self.by_uuid.remove(&user.uuid);
+        self.user_count.fetch_sub(1, Ordering::Relaxed);
+        for uuid in user.take_sessions() {
+            self.unlink_session(uuid);
+        }
+        for other in user.take_contacts() {
+            if let Some(o) = self.user_arc(other) {
+                o.remove_contact(id);
+            }
+        }
+        Some(user)
     }
 }

@@ -68,6 +68,8 @@ impl ApiError {
                 | EngineError::WriteUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
                 // Only a write that passed validation reaches the store: its refusal is ours.
                 EngineError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
+                // A publisher wrote an entry no node can apply: ours too.
+                EngineError::MalformedCommand(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
