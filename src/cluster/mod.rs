@@ -8,9 +8,12 @@
 //! applied), and the [`Applier`] task applies the log to an engine, publishes how far it got and
 //! hands each entry's outcome to its publisher (`tests/cluster_apply.rs`: two nodes agree on every
 //! message and timestamp, a receiver polling both gets every acknowledged message once, a late
-//! node catches up). **Not built yet:** publishing from the HTTP handlers, PostgreSQL's
-//! `cluster_position` and start-up replay — nothing here is wired into the server, which has no
-//! `--nats-url` flag until it is (see "What is next").
+//! node catches up). The stores keep a log position per stream ([`Op::LogPosition`], table
+//! `log_position`). **Not built yet:** publishing from the HTTP handlers, writing the position
+//! as entries are applied, and start-up replay — nothing here is wired into the server, which
+//! has no `--nats-url` flag until it is (see "What is next").
+//!
+//! [`Op::LogPosition`]: crate::store::Op::LogPosition
 //!
 //! What the tests taught about JetStream (nats-server 2.9, async-nats 0.46):
 //!
@@ -70,11 +73,15 @@
 //! messages are keyed by `created_ns`, users by `id`, sessions by `uuid`, contacts by
 //! `(user_a, user_b)` — all primary keys — and every insert is `INSERT … SELECT … FROM staging
 //! ON CONFLICT DO NOTHING` (updates and deletes are idempotent by nature: set the same value,
-//! delete what may already be gone). A table `cluster_position (node TEXT PRIMARY KEY, seq BIGINT,
-//! created_ns BIGINT, user_id BIGINT)` records, in the same transaction as a batch, the last
-//! sequence that node has *fully* written (its [`Position`]). A starting node loads PostgreSQL as
-//! today, then resumes from the highest fully-written position — with the sequencer resumed at
-//! that position — replaying the stream from `seq + 1` before it accepts connections. Entries it
+//! delete what may already be gone). The table `log_position (stream TEXT PRIMARY KEY, seq BIGINT,
+//! created_ns BIGINT, user_id BIGINT)` (migration 0002) records how far the database holds the
+//! log: a node queues an `Op::LogPosition` after the ops of the entries it applied, so the batch
+//! that writes the position writes those entries too, and the row is raised (never lowered) to
+//! the furthest any node has *fully* written — each node writes every entry in order, so the
+//! furthest node's position has everything before it. A starting node loads PostgreSQL as
+//! today, then resumes from that position — with the sequencer resumed there
+//! (`Snapshot::log_positions`) — replaying the stream from `seq + 1` before it accepts
+//! connections. Entries it
 //! replays that another node wrote already are absorbed by the `ON CONFLICT DO NOTHING`.
 //!
 //! ## Retention
@@ -82,7 +89,7 @@
 //! The stream's `max_age` is `--message-ttl`: a message older than that has left every mailbox
 //! anyway. A node whose saved position is older than the stream's first entry cannot replay the
 //! gap (the sequencer refuses it) and must start from a node that has written more recently,
-//! which is what the highest position in `cluster_position` gives it.
+//! which is what the position in `log_position` gives it.
 //!
 //! ## Activity and culling agree across nodes
 //!
@@ -118,8 +125,9 @@
 //!    local clock (`Engine::poll`, `Hold`'s release) and collect the sessions for the node's
 //!    once-a-second `Touch` instead; the local `Culler` thread must not run (ticks come from the
 //!    log: one node, or every node, publishes `Tick` once a second).
-//! 2. `cluster_position` (a migration) written by the writer with each batch; start-up loads
-//!    PostgreSQL and starts the applier from the highest fully-written position; `/readyz` is
+//! 2. The applier queues `Op::LogPosition` after each applied entry (the stores and their
+//!    migration exist; the writer writes only the last of a batch); start-up loads PostgreSQL
+//!    and starts the applier from `Snapshot::log_positions`; `/readyz` is
 //!    503 until the applier has caught up with the log's end seen at start.
 //! 3. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection
 //!    and the applier, and the multi-node tests of the issue. Nodes must agree on the settings
