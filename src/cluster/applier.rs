@@ -15,12 +15,17 @@
 //! refusal by the engine is *not* such an error: every node refuses the same entry alike, and the
 //! refusal is the entry's outcome.
 //!
+//! After each entry it queues the position reached to the store ([`Engine::record_log_position`],
+//! behind the entry's own writes), so a restarted node loads the store and resumes the log where
+//! the store stands ([`resume_position`]).
+//!
 //! Until the first reader of the log can be made (NATS unreachable at start) it retries every
 //! 100 ms: the position stays where it was, which is what readiness reports from.
 
 use super::command::{Position, SequenceError, Sequencer};
 use super::log::{Log, LogError};
 use crate::engine::{Effect, Engine, EngineError};
+use crate::store::LogPosition;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -118,6 +123,21 @@ impl ApplierHandle {
     }
 }
 
+/// A sequencer position as the stores keep it.
+fn store_position(p: Position) -> LogPosition {
+    LogPosition { seq: i64::try_from(p.seq).unwrap_or(i64::MAX), created_ns: p.created_ns, user_id: p.user_id }
+}
+
+/// Where to resume a log after a start that loaded `snapshot`: the position the store holds for
+/// `stream` (its state is that position's), or the log's start.
+pub fn resume_position(snapshot_positions: &[(String, LogPosition)], stream: &str) -> Position {
+    snapshot_positions.iter().find(|(s, _)| s == stream).map_or_else(Position::default, |(_, p)| Position {
+        seq: u64::try_from(p.seq).unwrap_or(0),
+        created_ns: p.created_ns,
+        user_id: p.user_id,
+    })
+}
+
 /// The applier's task: see the module doc.
 async fn run(
     log: Log,
@@ -149,7 +169,10 @@ async fn run(
             Err(e) => break ApplierError::Sequence(e),
         };
         let outcome = engine.apply(&sequenced, &entry.command);
-        applied.send_replace(sequencer.position());
+        let position = sequencer.position();
+        // Queued after the entry's own writes: the batch that stores the position stores them.
+        engine.record_log_position(log.stream_name(), store_position(position));
+        applied.send_replace(position);
         if let Some(id) = entry.msg_id {
             let waiter = waiters.lock().as_mut().and_then(|w| w.remove(&id));
             if let Some(waiter) = waiter {

@@ -127,6 +127,11 @@ pub struct Log {
 }
 
 impl Log {
+    /// The stream's name (where the stores keep this log's position, `Op::LogPosition`).
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
     /// Connects to `urls` (comma-separated) and opens the stream `stream`, creating it with
     /// `config` if it does not exist. An existing stream is used as it is.
     pub async fn open(urls: &str, stream: &str, config: LogConfig) -> Result<Self, LogError> {

@@ -138,6 +138,6 @@ pub mod applier;
 pub mod command;
 pub mod log;
 
-pub use applier::{Applier, ApplierError, ApplierHandle, Outcome, Stopped};
+pub use applier::{resume_position, Applier, ApplierError, ApplierHandle, Outcome, Stopped};
 pub use command::{Applied, Command, Position, SequenceError, Sequencer};
 pub use log::{Entries, Entry, Extent, Log, LogConfig, LogError, Stored};

@@ -31,7 +31,7 @@
 use super::cull::Holds;
 use super::{deliver, Engine, EngineError, Session, SessionId, SessionView, UserView};
 use crate::cluster::{Applied, Command};
-use crate::store::{MessageRow, Op, SessionRow, UserRow};
+use crate::store::{LogPosition, MessageRow, Op, SessionRow, UserRow};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,6 +50,12 @@ pub enum Effect {
 }
 
 impl Engine {
+    /// Queues, behind everything queued so far, that the store now holds `stream`'s log up to
+    /// `position` (see `crate::cluster::applier`).
+    pub fn record_log_position(&self, stream: &str, position: LogPosition) {
+        self.writer.submit(Op::LogPosition { stream: stream.to_owned(), position });
+    }
+
     /// Applies one entry of the cluster's log: `command`, with what the sequencer decided for it.
     /// See the module doc; an `Err` is a refusal every node makes alike, and changes nothing.
     pub fn apply(&self, applied: &Applied, command: &Command) -> Result<Effect, EngineError> {
