@@ -371,8 +371,7 @@ async fn a_restarted_node_resumes_the_log_where_its_store_stands() {
     let late_user = a.create_user("while b was down").await;
     let late_session = a.open_session(late_user).await;
     for n in 0..30 {
-        last =
-            a.send(&sessions[n % 4], if n % 3 == 0 { late_user } else { users[n % 4] }, &format!("after {n}")).await.0;
+        a.send(&sessions[n % 4], if n % 3 == 0 { late_user } else { users[n % 4] }, &format!("after {n}")).await;
     }
     last = a.send(&late_session, users[0], "from the late user").await.0;
 
