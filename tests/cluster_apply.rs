@@ -9,7 +9,8 @@ mod support;
 
 use bytes::BytesMut;
 use chatbus::cluster::{
-    resume_position, Applier, ApplierError, ApplierHandle, Command, Log, LogConfig, Outcome, Position, Stopped,
+    resume_position, Applier, ApplierError, ApplierHandle, Command, Log, LogConfig, Outcome, Position, PublishError,
+    Publisher, Stopped,
 };
 use chatbus::engine::{Effect, Engine, EngineConfig, SessionId};
 use chatbus::metrics::Metrics;
@@ -77,21 +78,15 @@ impl Node {
     /// (retrying with the same id), then wait until applied. Returns the entry's sequence number
     /// and its outcome.
     async fn run(&self, msg_id: &str, command: &Command) -> (u64, Outcome) {
-        let outcome = self.applier.expect(msg_id);
-        let deadline = Instant::now() + LIMIT;
-        let stored = loop {
-            match self.log.publish(msg_id, command).await {
-                Ok(stored) => break stored,
-                Err(e) => assert!(Instant::now() < deadline, "{msg_id} not acknowledged: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(!stored.duplicate, "{msg_id} was published once");
-        let outcome = tokio::time::timeout(LIMIT, outcome)
+        tokio::time::timeout(LIMIT, self.publisher().write(msg_id, command))
             .await
-            .unwrap_or_else(|_| panic!("{msg_id} (entry {}) not applied within {LIMIT:?}", stored.seq))
-            .expect("the applier runs");
-        (stored.seq, outcome)
+            .unwrap_or_else(|_| panic!("{msg_id} not applied within {LIMIT:?}"))
+            .unwrap_or_else(|e| panic!("{msg_id}: {e}"))
+    }
+
+    /// The node's publisher: what its handlers will write through.
+    fn publisher(&self) -> Publisher {
+        Publisher::new(self.log.clone(), self.applier.clone(), LIMIT)
     }
 
     async fn create_user(&self, uuid: &str) -> i64 {
@@ -386,6 +381,36 @@ async fn a_restarted_node_resumes_the_log_where_its_store_stands() {
     let state = c.state(false);
     assert_eq!(state, a.state(false), "{state}");
     assert_eq!(c.engine.users().len(), 5);
+}
+
+/// A write published again under its id (a client's retry after a lost answer) stores nothing
+/// twice: its outcome went to the first publish, so the second is told the entry is applied
+/// already and which one it is. With NATS gone, a write gives up at its deadline with the
+/// reason, rather than hang; with NATS back, writes go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_write_stores_nothing_twice_and_a_lost_log_is_a_clear_failure() {
+    let mut nats = blocking(Nats::start).await;
+    let node = Node::start(&nats.url(), "publish").await;
+    let command = Command::CreateUser { uuid: "once".into(), display_name: String::new() };
+    let (seq, outcome) = node.publisher().write("create once", &command).await.expect("written");
+    assert!(matches!(outcome, Ok(Effect::User(_))), "{outcome:?}");
+    match node.publisher().write("create once", &command).await {
+        Err(PublishError::AlreadyApplied(again)) => assert_eq!(again, seq),
+        other => panic!("a repeated id: {other:?}"),
+    }
+    assert_eq!(node.log.extent().await.expect("extent").entries, 1, "stored once");
+
+    nats.kill();
+    let publisher = Publisher::new(node.log.clone(), node.applier.clone(), Duration::from_millis(800));
+    let started = Instant::now();
+    let result = publisher.write("while down", &Command::Tick).await;
+    assert!(matches!(result, Err(PublishError::NotStored { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    assert_eq!(node.applier.waiting(), 0, "the registration is withdrawn");
+
+    nats.restart();
+    let (_, outcome) = node.run("after the restart", &Command::Tick).await;
+    assert_eq!(outcome, Ok(Effect::Done));
 }
 
 /// An entry that is not a command would leave this node's state unlike the others': the applier

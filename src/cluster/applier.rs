@@ -2,10 +2,10 @@
 //!
 //! It reads the log from the entry after its starting [`Position`] on ([`Log::read_from`]), and
 //! for each entry runs the [`Sequencer`] (contiguity, `created_ns`, user ids) and then
-//! [`Engine::apply`]. After each entry it publishes the position it reached on a `watch` channel
-//! ([`ApplierHandle::wait_applied`]: a node answers a request only once it has applied at least
-//! the entry the request depends on), then hands the entry's outcome to whoever registered for
-//! its message id ([`ApplierHandle::expect`]) — the publisher, which answers its client with it.
+//! [`Engine::apply`]. After each entry it hands the entry's outcome to whoever registered for its
+//! message id ([`ApplierHandle::expect`]) — the publisher, which answers its client with it —
+//! then publishes the position it reached on a `watch` channel ([`ApplierHandle::wait_applied`]:
+//! a node answers a request only once it has applied at least the entry the request depends on).
 //! An entry nobody waits for (another node's, or a publisher that gave up) is simply applied.
 //!
 //! **It stops rather than diverge.** A gap or a replay in the log ([`SequenceError`]) or an entry
@@ -172,7 +172,8 @@ async fn run(
         let position = sequencer.position();
         // Queued after the entry's own writes: the batch that stores the position stores them.
         engine.record_log_position(log.stream_name(), store_position(position));
-        applied.send_replace(position);
+        // The outcome before the position: whoever sees the position has its outcome too (a
+        // duplicate publish tells the two cases apart that way, see `publisher`).
         if let Some(id) = entry.msg_id {
             let waiter = waiters.lock().as_mut().and_then(|w| w.remove(&id));
             if let Some(waiter) = waiter {
@@ -180,6 +181,7 @@ async fn run(
                 let _ = waiter.send(outcome);
             }
         }
+        applied.send_replace(position);
     };
     tracing::error!("cluster log applier stopped at {}: {error}", sequencer.position());
     // Every waiter learns that nothing more comes; `applied` is dropped with this task.

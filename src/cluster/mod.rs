@@ -8,7 +8,9 @@
 //! applied), and the [`Applier`] task applies the log to an engine, publishes how far it got and
 //! hands each entry's outcome to its publisher (`tests/cluster_apply.rs`: two nodes agree on every
 //! message and timestamp, a receiver polling both gets every acknowledged message once, a late
-//! node catches up). The stores keep a log position per stream ([`Op::LogPosition`], table
+//! node catches up), and the [`Publisher`] a node's writes will go through (publish under a
+//! message id, retried with that id, and the entry's outcome; a repeated id is reported as
+//! applied already). The stores keep a log position per stream ([`Op::LogPosition`], table
 //! `log_position`). **Not built yet:** publishing from the HTTP handlers, writing the position
 //! as entries are applied, and start-up replay — nothing here is wired into the server, which
 //! has no `--nats-url` flag until it is (see "What is next").
@@ -116,12 +118,10 @@
 //!
 //! Next:
 //!
-//! 1. A `Publisher` the HTTP handlers call in cluster mode instead of the engine's mutations:
-//!    validate locally (4xx, `--send-rate`, the write queue's room), draw the ids the command
-//!    carries, `expect` then publish with retries under the same id, answer with the outcome.
-//!    A publish acknowledged as a `duplicate` whose entry was applied before `expect` must not
-//!    wait for ever: wait for the applied position, then answer from the state (or retry with a
-//!    fresh id). Polls and held polls/streams in cluster mode must stop marking activity on the
+//! 1. The engine's mutations, in cluster mode, go through the [`Publisher`] (built: retries
+//!    under one id, `PublishError::AlreadyApplied` for an id applied before) instead of
+//!    mutating locally: validate locally (4xx, `--send-rate`, the write queue's room), draw the
+//!    ids the command carries, write, answer with the outcome (503 on `NotStored`). Polls and held polls/streams in cluster mode must stop marking activity on the
 //!    local clock (`Engine::poll`, `Hold`'s release) and collect the sessions for the node's
 //!    once-a-second `Touch` instead; the local `Culler` thread must not run (ticks come from the
 //!    log: one node, or every node, publishes `Tick` once a second).
@@ -137,7 +137,9 @@
 pub mod applier;
 pub mod command;
 pub mod log;
+pub mod publisher;
 
 pub use applier::{resume_position, Applier, ApplierError, ApplierHandle, Outcome, Stopped};
 pub use command::{Applied, Command, Position, SequenceError, Sequencer};
 pub use log::{Entries, Entry, Extent, Log, LogConfig, LogError, Stored};
+pub use publisher::{PublishError, Publisher};

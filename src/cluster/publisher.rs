@@ -1,0 +1,99 @@
+//! The publisher: how a node turns one write into an entry of the cluster's log and the
+//! entry's outcome — what the engine's mutations will call in cluster mode.
+//!
+//! 1. Register for the outcome of `msg_id` with the applier *before* publishing, so the entry
+//!    cannot be applied unseen ([`ApplierHandle::expect`]).
+//! 2. Publish under `msg_id` until JetStream acknowledges it, retrying with the **same** id on
+//!    every error: a publish answered with an error may still have been stored (the client
+//!    resends what it buffered across a reconnect), and the stream's duplicate window makes the
+//!    retry store nothing twice. Retries stop at the deadline: the write then answers 503 and its
+//!    effect is unknown — exactly what a client already handles for a lost answer (it retries
+//!    with its own id, or reads back).
+//! 3. Wait for the outcome the applier hands over once it applied the entry.
+//!
+//! A publish acknowledged as a *duplicate* names the entry of the first publish with that id.
+//! If that entry was applied before this registration (a retry after an answer was lost), no
+//! outcome will come for it: the publisher waits until the applier has passed that entry and
+//! reports [`PublishError::AlreadyApplied`] with its sequence, so the caller answers from the
+//! state, as the single-node paths do for a repeated create.
+
+use super::applier::{ApplierHandle, Outcome};
+use super::command::Command;
+use super::log::{Log, LogError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why a write did not get its outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// JetStream did not acknowledge the entry before the deadline: it may or may not be in the
+    /// log (503; the client retries).
+    #[error("the cluster log did not take the write within {waited:?}: {last}")]
+    NotStored {
+        /// How long it tried.
+        waited: Duration,
+        /// The last error.
+        last: LogError,
+    },
+    /// Stored, but this node's applier stopped before applying it (the node must not serve on).
+    #[error("the cluster log's applier stopped before applying entry {0}")]
+    ApplierStopped(u64),
+    /// The entry was stored and applied before: by an earlier publish with the same id, whose
+    /// outcome went to that publish. Applied by now: answer from the state.
+    #[error("entry {0} with this id was applied already")]
+    AlreadyApplied(u64),
+}
+
+/// Publishes writes and waits for their outcomes; see the module doc. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    log: Log,
+    applier: ApplierHandle,
+    /// How long one write may keep retrying its publish.
+    deadline: Duration,
+}
+
+impl Publisher {
+    /// A publisher into `log`, whose entries `applier` applies on this node. A write retries its
+    /// publish for at most `deadline`.
+    pub fn new(log: Log, applier: ApplierHandle, deadline: Duration) -> Self {
+        Self { log, applier, deadline }
+    }
+
+    /// Publishes `command` under `msg_id` and returns the entry's sequence and outcome.
+    pub async fn write(&self, msg_id: &str, command: &Command) -> Result<(u64, Outcome), PublishError> {
+        /// The first pause between retries; it doubles up to [`MAX_PAUSE`].
+        const FIRST_PAUSE: Duration = Duration::from_millis(10);
+        const MAX_PAUSE: Duration = Duration::from_millis(500);
+        let started = Instant::now();
+        let outcome = self.applier.expect(msg_id);
+        let mut pause = FIRST_PAUSE;
+        let stored = loop {
+            match self.log.publish(msg_id, command).await {
+                Ok(stored) => break stored,
+                Err(e) if started.elapsed() + pause >= self.deadline => {
+                    self.applier.forget(msg_id);
+                    return Err(PublishError::NotStored { waited: started.elapsed(), last: e });
+                }
+                Err(e) => tracing::debug!(msg_id, "cluster log publish failed, retrying with the same id: {e}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        };
+        if stored.duplicate {
+            // Applied before we registered, or about to be: which, only the position can tell.
+            self.applier.wait_applied(stored.seq).await.map_err(|_| PublishError::ApplierStopped(stored.seq))?;
+            return match tokio::time::timeout(Duration::ZERO, outcome).await {
+                Ok(Ok(outcome)) => Ok((stored.seq, outcome)),
+                _ => {
+                    self.applier.forget(msg_id);
+                    Err(PublishError::AlreadyApplied(stored.seq))
+                }
+            };
+        }
+        match outcome.await {
+            Ok(outcome) => Ok((stored.seq, outcome)),
+            Err(_) => Err(PublishError::ApplierStopped(stored.seq)),
+        }
+    }
+}
