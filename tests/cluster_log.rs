@@ -208,6 +208,15 @@ async fn assert_exactly_once(log: &Log, outcomes: &[(String, Outcome)]) {
     assert_eq!(entries.len(), outcomes.len(), "nothing stored that was not acknowledged");
 }
 
+/// Waits until `n` publishes were acknowledged (the fault then strikes mid-load).
+async fn until_acked(acked: &Arc<AtomicUsize>, n: usize) {
+    wait_until(&format!("{n} acknowledged publishes"), Duration::from_secs(10), || {
+        let done = acked.load(Ordering::Relaxed);
+        async move { done >= n }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_nats_server_loses_no_acknowledged_entry_and_stores_none_twice() {
     let mut nats = blocking(Nats::start).await;
@@ -217,11 +226,7 @@ async fn a_crashed_nats_server_loses_no_acknowledged_entry_and_stores_none_twice
     let acked = Arc::new(AtomicUsize::new(0));
     let publishers = spawn_publishers(&log, 4, 60, &acked);
 
-    wait_until("40 acknowledged publishes", Duration::from_secs(10), || {
-        let n = acked.load(Ordering::Relaxed);
-        async move { n >= 40 }
-    })
-    .await;
+    until_acked(&acked, 40).await;
     nats.kill();
     // While it is down, a publish fails — within the timeout, not after a hang.
     let started = Instant::now();
@@ -306,11 +311,7 @@ async fn a_nats_cluster_losing_its_stream_leader_loses_no_acknowledged_entry() {
     let acked = Arc::new(AtomicUsize::new(0));
     let publishers = spawn_publishers(&log, 4, 60, &acked);
 
-    wait_until("40 acknowledged publishes", Duration::from_secs(10), || {
-        let n = acked.load(Ordering::Relaxed);
-        async move { n >= 40 }
-    })
-    .await;
+    until_acked(&acked, 40).await;
     let (cluster, was_meta_leader) = blocking(move || {
         let leader = cluster.wait_stream_leader("failover", Duration::from_secs(5));
         let was_meta_leader = cluster.meta_leader() == Some(leader);

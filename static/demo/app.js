@@ -605,28 +605,23 @@
     const n = box.children.length + 1;
     const row = document.createElement("div");
     row.className = "attachment-row";
-    const keyId = `att-key-${n}-${Date.now()}`;
-    const valueId = `att-value-${n}-${Date.now()}`;
-
-    const keyLabel = document.createElement("label");
-    keyLabel.htmlFor = keyId;
-    keyLabel.textContent = `Attachment ${n} name`;
-    const keyInput = document.createElement("input");
-    keyInput.id = keyId;
-    keyInput.className = "att-key";
-    keyInput.value = key;
-    keyInput.placeholder = "file";
-    keyInput.autocomplete = "off";
-
-    const valueLabel = document.createElement("label");
-    valueLabel.htmlFor = valueId;
-    valueLabel.textContent = "value";
-    const valueInput = document.createElement("input");
-    valueInput.id = valueId;
-    valueInput.className = "att-value";
-    valueInput.value = value;
-    valueInput.placeholder = "notes.txt";
-    valueInput.autocomplete = "off";
+    const stamp = Date.now();
+    // A labelled text field of the row: its label, and the input.
+    const field = (kind, labelText, text, placeholder) => {
+      const id = `att-${kind}-${n}-${stamp}`;
+      const label = document.createElement("label");
+      label.htmlFor = id;
+      label.textContent = labelText;
+      const input = document.createElement("input");
+      input.id = id;
+      input.className = `att-${kind}`;
+      input.value = text;
+      input.placeholder = placeholder;
+      input.autocomplete = "off";
+      return [label, input];
+    };
+    const [keyLabel, keyInput] = field("key", `Attachment ${n} name`, key, "file");
+    const [valueLabel, valueInput] = field("value", "value", value, "notes.txt");
 
     const remove = document.createElement("button");
     remove.type = "button";
