@@ -32,6 +32,16 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Appends a cursor as the contract writes it: `{"unix":…,"nano":…}` (SSE gap events, WebSocket
+/// frames).
+pub fn put_cursor(out: &mut BytesMut, cursor: Cursor) {
+    out.put_slice(b"{\"unix\":");
+    out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
+    out.put_slice(b",\"nano\":");
+    out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
+    out.put_u8(b'}');
+}
+
 /// `v` as 32 lowercase hex digits. Every send renders one (the message's uuid): a table look-up
 /// per digit costs a quarter of `write!(.., "{v:032x}")` through `core::fmt` (callgrind, see
 /// `loadtest/callgrind`).

@@ -253,18 +253,10 @@ fn error_frame(reference: Option<&str>, code: u16, message: &str) -> Bytes {
     out.freeze()
 }
 
-fn put_cursor(out: &mut BytesMut, cursor: Cursor) {
-    out.put_slice(b"{\"unix\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
-    out.put_slice(b",\"nano\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
-    out.put_u8(b'}');
-}
-
 fn message_frame(created: i64, json: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(72 + json.len());
     out.put_slice(b"{\"type\":\"message\",\"cursor\":");
-    put_cursor(&mut out, Cursor::from_ns(created));
+    render::put_cursor(&mut out, Cursor::from_ns(created));
     out.put_slice(b",\"message\":");
     out.put_slice(json);
     out.put_u8(b'}');
@@ -274,7 +266,7 @@ fn message_frame(created: i64, json: &[u8]) -> Bytes {
 fn gap_frame(cursor: Cursor) -> Bytes {
     let mut out = BytesMut::with_capacity(56);
     out.put_slice(b"{\"type\":\"gap\",\"cursor\":");
-    put_cursor(&mut out, cursor);
+    render::put_cursor(&mut out, cursor);
     out.put_u8(b'}');
     out.freeze()
 }

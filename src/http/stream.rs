@@ -23,6 +23,7 @@ use super::router::Seg;
 use crate::clock::Cursor;
 use crate::engine::{Engine, Hold, SessionId, Woken};
 use crate::metrics::{Counted, Metrics};
+use crate::render;
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::StatusCode;
@@ -137,11 +138,9 @@ fn frame_message(out: &mut BytesMut, created: i64, json: &[u8]) {
 }
 
 fn frame_gap(out: &mut BytesMut, cursor: Cursor) {
-    out.put_slice(b"event: gap\ndata: {\"cursor\":{\"unix\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.unix).as_bytes());
-    out.put_slice(b",\"nano\":");
-    out.put_slice(itoa::Buffer::new().format(cursor.nano).as_bytes());
-    out.put_slice(b"}}\n\n");
+    out.put_slice(b"event: gap\ndata: {\"cursor\":");
+    render::put_cursor(out, cursor);
+    out.put_slice(b"}\n\n");
 }
 
 #[cfg(test)]
