@@ -87,6 +87,55 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(100u64 << n.min(4)).min(Duration::from_secs(2))
 }
 
+/// What [`open_or_back_off`] gives: the opened stream or socket, or why not.
+enum Opened<T> {
+    Open(T),
+    /// It failed (counted and reported); the pause is over: try again.
+    Retry,
+    /// The run stopped.
+    Stop,
+}
+
+/// Opens an event stream or WebSocket with `open`, under a handshake permit and `--timeout`. A
+/// failure is counted (`poll_errors`), reported (`what` names it, `no_answer` is the message for
+/// a timeout) and followed by the backoff of the `failures`th failure in a row; `failures` is
+/// reset by a success.
+async fn open_or_back_off<T>(
+    world: &World,
+    dial: &Dial,
+    stop: &mut watch::Receiver<bool>,
+    failures: &mut u32,
+    open: impl std::future::Future<Output = Result<T>>,
+    what: &'static str,
+    no_answer: impl FnOnce() -> String,
+) -> Opened<T> {
+    let opened = {
+        let _permit = dial.handshakes.acquire().await.expect("never closed");
+        tokio::select! {
+            opened = tokio::time::timeout(dial.timeout, open) => opened,
+            _ = stop.changed() => return Opened::Stop,
+        }
+    };
+    match opened {
+        Ok(Ok(opened)) => {
+            *failures = 0;
+            Opened::Open(opened)
+        }
+        failed => {
+            world.c.poll_errors.fetch_add(1, Relaxed);
+            world.error(match failed {
+                Ok(Err(e)) => e.context(what),
+                _ => anyhow!(no_answer()),
+            });
+            if pause(backoff(*failures), stop).await {
+                return Opened::Stop;
+            }
+            *failures += 1;
+            Opened::Retry
+        }
+    }
+}
+
 // --- long-poll ---------------------------------------------------------------------------------
 
 /// User `me`'s long-poll loop: `GET .../:unix/:nano?wait=W` with the cursor, again as soon as
@@ -273,29 +322,23 @@ pub(crate) async fn sse_user(world: Arc<World>, dial: Arc<Dial>, me: u32, mut st
     let mut opened_once = false;
     let mut events = Vec::new();
     loop {
-        let opened = {
-            let _permit = dial.handshakes.acquire().await.expect("never closed");
-            tokio::select! {
-                opened = tokio::time::timeout(dial.timeout, open_stream(&dial, &session, last_event_id.as_deref())) => opened,
-                _ = stop.changed() => return,
-            }
+        let open = open_stream(&dial, &session, last_event_id.as_deref());
+        let no_answer = || format!("GET /api/stream/{session}: no answer within {:?}", dial.timeout);
+        let mut stream = match open_or_back_off(
+            &world,
+            &dial,
+            &mut stop,
+            &mut failures,
+            open,
+            "opening the event stream",
+            no_answer,
+        )
+        .await
+        {
+            Opened::Open(stream) => stream,
+            Opened::Retry => continue,
+            Opened::Stop => return,
         };
-        let mut stream = match opened {
-            Ok(Ok(stream)) => stream,
-            failed => {
-                world.c.poll_errors.fetch_add(1, Relaxed);
-                world.error(match failed {
-                    Ok(Err(e)) => e.context("opening the event stream"),
-                    _ => anyhow!("GET /api/stream/{session}: no answer within {:?}", dial.timeout),
-                });
-                if pause(backoff(failures), &mut stop).await {
-                    return;
-                }
-                failures += 1;
-                continue;
-            }
-        };
-        failures = 0;
         count_open(&world, &mut opened_once);
         let opened_at = Instant::now();
         let mut parser = SseParser::default();
@@ -433,35 +476,21 @@ pub(crate) async fn ws_user(
             None => format!("/api/ws/{session}"),
         };
         let url = format!("ws://{}{path}", dial.target.host);
-        let opened = {
-            let _permit = dial.handshakes.acquire().await.expect("never closed");
-            let open = async {
-                let tcp = dial.tcp().await?;
-                let (ws, _) =
-                    tokio_tungstenite::client_async(url.as_str(), tcp).await.with_context(|| format!("GET {path}"))?;
-                Ok::<_, anyhow::Error>(ws)
+        let open = async {
+            let tcp = dial.tcp().await?;
+            let (ws, _) =
+                tokio_tungstenite::client_async(url.as_str(), tcp).await.with_context(|| format!("GET {path}"))?;
+            Ok::<_, anyhow::Error>(ws)
+        };
+        let no_answer = || format!("GET {path}: no upgrade within {:?}", dial.timeout);
+        let mut ws =
+            match open_or_back_off(&world, &dial, &mut stop, &mut failures, open, "opening the WebSocket", no_answer)
+                .await
+            {
+                Opened::Open(ws) => ws,
+                Opened::Retry => continue,
+                Opened::Stop => return,
             };
-            tokio::select! {
-                opened = tokio::time::timeout(dial.timeout, open) => opened,
-                _ = stop.changed() => return,
-            }
-        };
-        let mut ws = match opened {
-            Ok(Ok(ws)) => ws,
-            failed => {
-                world.c.poll_errors.fetch_add(1, Relaxed);
-                world.error(match failed {
-                    Ok(Err(e)) => e.context("opening the WebSocket"),
-                    _ => anyhow!("GET {path}: no upgrade within {:?}", dial.timeout),
-                });
-                if pause(backoff(failures), &mut stop).await {
-                    return;
-                }
-                failures += 1;
-                continue;
-            }
-        };
-        failures = 0;
         count_open(&world, &mut opened_once);
         let opened_at = Instant::now();
         let ended = loop {
