@@ -125,6 +125,22 @@ pub struct Config {
           value_parser = positive_count)]
     pub max_connections: usize,
 
+    /// Run as one node of a cluster on this NATS JetStream (comma-separated URLs); needs a
+    /// `postgres://` `--database-url` shared by every node.
+    #[arg(long, env = "CHATBUS_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// The JetStream stream holding the cluster's log (subject `<NAME>.log`).
+    #[arg(long, env = "CHATBUS_NATS_STREAM", value_name = "NAME", default_value = "chatbus",
+          value_parser = stream_name)]
+    pub nats_stream: String,
+
+    /// How many NATS servers keep a copy of the stream when chatbus creates it (3 on a 3-server
+    /// NATS cluster); an existing stream is used as it is.
+    #[arg(long, env = "CHATBUS_NATS_REPLICAS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+
     /// See [`IDLE_TIMEOUT`]. Not a flag: tests shorten it.
     #[arg(skip = IDLE_TIMEOUT)]
     pub idle_timeout: Duration,
@@ -182,5 +198,14 @@ impl Config {
     /// Engine shards: `--shards`, or the worker thread count.
     pub fn shard_count(&self) -> usize {
         self.shards.map_or_else(|| self.worker_threads(), usize::from)
+    }
+}
+
+/// A JetStream stream name: letters, digits, `-` and `_` (it also names the log's subject).
+fn stream_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a stream name (1-64 letters, digits, '-' or '_')"))
     }
 }

@@ -17,6 +17,7 @@
 //! file an earlier stop left in `--spill-dir` is replayed into it.
 
 use crate::clock::Clock;
+use crate::cluster;
 use crate::config::Config;
 use crate::cull::Culler;
 use crate::engine::{Engine, EngineConfig};
@@ -59,6 +60,19 @@ pub enum StartError {
          user (set --admin-token, listen on a loopback address, or pass --open-admin if that is intended)"
     )]
     OpenAdmin(SocketAddr),
+    /// `--nats-url` with a store the nodes cannot share.
+    #[error("--nats-url needs a postgres:// --database-url shared by every node (got {0})")]
+    ClusterStore(String),
+    /// The cluster's log could not be joined.
+    #[error("cannot join the cluster log {stream} at {url}: {reason}")]
+    Cluster {
+        /// The `--nats-url`.
+        url: String,
+        /// The `--nats-stream`.
+        stream: String,
+        /// Why, in one line.
+        reason: String,
+    },
 }
 
 /// A running server: its listener task and the threads behind the engine.
@@ -68,7 +82,10 @@ pub struct Server {
     stop: oneshot::Sender<()>,
     listening: JoinHandle<()>,
     engine: Arc<Engine>,
-    culler: Culler,
+    /// Single-server mode: the culler thread (in cluster mode the log's ticks cull).
+    culler: Option<Culler>,
+    /// Cluster mode: the applier and activity tasks.
+    cluster: Option<cluster::Node>,
     writer: Writer,
     stop_timeout: Duration,
 }
@@ -86,6 +103,11 @@ fn hide_password(url: &str) -> String {
 impl Server {
     /// Opens the store, restores state, and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        if config.nats_url.is_some()
+            && !(config.database_url.starts_with("postgres://") || config.database_url.starts_with("postgresql://"))
+        {
+            return Err(StartError::ClusterStore(hide_password(&config.database_url)));
+        }
         let addr = config.listen_addr();
         let listener =
             listener::bind(&addr).await.map_err(|source| StartError::Listen { addr: addr.clone(), source })?;
@@ -129,16 +151,23 @@ impl Server {
                 max_sessions_per_user: config.max_sessions_per_user,
                 max_contacts_per_user: config.max_contacts_per_user,
                 send_rate: config.send_rate,
+                cluster: config.nats_url.is_some(),
             },
             writer.handle(),
             metrics.clone(),
         ));
         let restored = (snapshot.users.len(), snapshot.sessions.len(), snapshot.messages.len());
+        let positions = snapshot.log_positions.clone();
         engine.restore(snapshot);
-        engine.cull_all(Clock::wall_ns(), false);
         tracing::info!(store = kind, users = restored.0, sessions = restored.1, messages = restored.2, "restored");
-
-        let culler = Culler::start(engine.clone()).map_err(StartError::Thread)?;
+        let (culler, cluster) = match &config.nats_url {
+            None => {
+                engine.cull_all(Clock::wall_ns(), false);
+                (Some(Culler::start(engine.clone()).map_err(StartError::Thread)?), None)
+            }
+            // The store holds the state at its log position: the log goes on from there.
+            Some(url) => (None, Some(cluster::Node::join(url, config, &engine, &positions).await?)),
+        };
         let (stop, stopped) = oneshot::channel();
         let listening = tokio::spawn(listener::serve(Listening {
             listener,
@@ -155,7 +184,7 @@ impl Server {
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
         }));
-        Ok(Self { addr: local, stop, listening, engine, culler, writer, stop_timeout: config.stop_timeout })
+        Ok(Self { addr: local, stop, listening, engine, culler, cluster, writer, stop_timeout: config.stop_timeout })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -167,16 +196,22 @@ impl Server {
     /// in the store, or — when the store did not take it all within `--stop-timeout` — in a
     /// spill file, which the report names.
     pub async fn shutdown(self) -> StopReport {
-        let Self { stop, listening, engine, culler, writer, stop_timeout, .. } = self;
+        let Self { stop, listening, engine, culler, cluster, writer, stop_timeout, .. } = self;
         // Held polls answer and streams end at once, so that the connections can drain.
         engine.stop_waiting();
         let _ = stop.send(());
         if let Err(e) = listening.await {
             tracing::error!(error = %e, "the listener task failed");
         }
+        if let Some(node) = cluster {
+            // Nothing more is applied: what was is queued, and goes to the store below.
+            node.stop().await;
+        }
         let stopped = tokio::task::spawn_blocking(move || {
-            culler.stop();
-            engine.flush_activity();
+            if let Some(culler) = culler {
+                culler.stop();
+                engine.flush_activity();
+            }
             writer.stop(stop_timeout)
         })
         .await;

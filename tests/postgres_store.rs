@@ -200,24 +200,37 @@ fn a_retried_batch_writes_nothing_twice() {
     assert_eq!(snap.max_user_id, 4);
 }
 
-/// Cluster mode's log position: per stream, raised by a later batch, never lowered by an older
-/// one (another node behind), and within a batch the last one counts; on both stores alike.
+/// Cluster mode: a log entry's writes reach the store once, however many nodes write it. An entry
+/// at or below the stream's stored position was written already (by this node or another) and is
+/// skipped whole; a later one is written and raises the position; writes outside entries go as
+/// always. On both stores alike.
 #[test]
-fn log_positions_only_rise() {
+fn logged_entries_are_written_once_and_positions_only_rise() {
     let db = TestDb::create();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("positions.db");
     let mut lite = SqliteStore::open(path.to_str().unwrap(), &StoreOptions::default()).unwrap();
     let mut pg = open(&db);
-    let at = |stream: &str, seq: i64| Op::LogPosition {
+    let at = |stream: &str, seq: i64, ops: Vec<Op>| Op::Logged {
         stream: stream.into(),
         position: LogPosition { seq, created_ns: seq * 1000, user_id: seq / 10 },
+        ops,
     };
+    let ids = |snap: &Snapshot| snap.users.iter().map(|u| u.id).collect::<Vec<_>>();
     for store in [&mut pg as &mut dyn Store, &mut lite] {
-        store.write(&[at("a", 5), Op::UpsertUser(user(1)), at("a", 9), at("b", 3)]).unwrap();
-        store.write(&[at("a", 7)]).unwrap(); // a node behind: changes nothing
-        store.write(&[at("b", 4), at("b", 2)]).unwrap(); // the batch's last counts: 2 < 3, nothing
+        store
+            .write(&[
+                at("a", 5, vec![Op::UpsertUser(user(1))]),
+                Op::UpsertUser(user(7)),
+                at("a", 9, vec![Op::UpsertUser(user(2))]),
+                at("b", 3, vec![]),
+            ])
+            .unwrap();
+        // A node behind: its entries were written; nothing of them is written again.
+        store.write(&[at("a", 7, vec![Op::UpsertUser(user(3))])]).unwrap();
+        store.write(&[at("a", 9, vec![Op::DeleteUser { id: 1 }])]).unwrap();
         let snap = store.load().unwrap();
+        assert_eq!(ids(&snap), vec![1, 2, 7]);
         assert_eq!(
             snap.log_positions,
             vec![
@@ -225,8 +238,18 @@ fn log_positions_only_rise() {
                 ("b".to_owned(), LogPosition { seq: 3, created_ns: 3000, user_id: 0 }),
             ]
         );
-        store.write(&[at("b", 12)]).unwrap();
-        assert_eq!(store.load().unwrap().log_positions[1].1, LogPosition { seq: 12, created_ns: 12000, user_id: 1 });
+        // A batch across the stored position: the part past it is written.
+        store
+            .write(&[
+                at("a", 8, vec![Op::UpsertUser(user(5))]),
+                at("a", 10, vec![Op::UpsertUser(user(4)), Op::DeleteUser { id: 2 }]),
+                at("b", 12, vec![]),
+            ])
+            .unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(ids(&snap), vec![1, 4, 7]);
+        assert_eq!(snap.log_positions[0].1, LogPosition { seq: 10, created_ns: 10000, user_id: 1 });
+        assert_eq!(snap.log_positions[1].1, LogPosition { seq: 12, created_ns: 12000, user_id: 1 });
     }
 }
 
@@ -487,9 +510,10 @@ fn matches_the_sqlite_store() {
                 30..=36 if id != other => Op::AddContact { a: id.min(other), b: id.max(other) },
                 37..=40 if id != other => Op::RemoveContact { a: id.min(other), b: id.max(other) },
                 41..=44 => Op::Watermark { user_id: id, left_ns: ns - rng.gen_range(0..10_000_000) },
-                45..=48 => Op::LogPosition {
+                45..=48 => Op::Logged {
                     stream: format!("s{}", rng.gen_range(0..2)),
                     position: LogPosition { seq: rng.gen_range(0..1000), created_ns: ns, user_id: id },
+                    ops: vec![Op::Watermark { user_id: id, left_ns: ns }],
                 },
                 _ => Op::Message(MessageRow {
                     uuid: rng.gen(),

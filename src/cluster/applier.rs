@@ -117,6 +117,11 @@ impl ApplierHandle {
         }
     }
 
+    /// Whether the applier stopped (see the module doc): this node applies nothing more.
+    pub fn is_stopped(&self) -> bool {
+        self.waiters.lock().is_none()
+    }
+
     /// How many publishers wait for an outcome.
     pub fn waiting(&self) -> usize {
         self.waiters.lock().as_ref().map_or(0, HashMap::len)

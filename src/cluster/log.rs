@@ -119,6 +119,8 @@ pub type Entries = Pin<Box<dyn Stream<Item = Result<Entry, LogError>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct Log {
     js: jetstream::Context,
+    /// The connection, for its state.
+    client: async_nats::Client,
     stream: String,
     subject: String,
     timeout: Duration,
@@ -161,7 +163,7 @@ impl Log {
             .connect(addrs)
             .await
             .map_err(|e| LogError::Unreachable(format!("{urls}: {e}")))?;
-        let mut js = jetstream::new(client);
+        let mut js = jetstream::new(client.clone());
         js.set_timeout(config.timeout);
         let subject = format!("{stream}.log");
         let duplicate_window = if config.max_age.is_zero() {
@@ -180,7 +182,13 @@ impl Log {
         })
         .await
         .map_err(|e| LogError::Refused(format!("stream {stream}: {e}")))?;
-        Ok(Self { js, stream: stream.to_owned(), subject, timeout: config.timeout, connections })
+        Ok(Self { js, client, stream: stream.to_owned(), subject, timeout: config.timeout, connections })
+    }
+
+    /// Whether the client is connected to a NATS server now (while it is not, a publish can only
+    /// time out).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Appends `command` under `msg_id` and waits (at most the timeout) until JetStream stored it.

@@ -137,9 +137,11 @@
 pub mod applier;
 pub mod command;
 pub mod log;
+pub mod node;
 pub mod publisher;
 
 pub use applier::{resume_position, Applier, ApplierError, ApplierHandle, Outcome, Stopped};
 pub use command::{Applied, Command, Position, SequenceError, Sequencer};
 pub use log::{Entries, Entry, Extent, Log, LogConfig, LogError, Stored};
+pub use node::Node;
 pub use publisher::{PublishError, Publisher};

@@ -53,7 +53,8 @@ impl Engine {
     /// Queues, behind everything queued so far, that the store now holds `stream`'s log up to
     /// `position` (see `crate::cluster::applier`).
     pub fn record_log_position(&self, stream: &str, position: LogPosition) {
-        self.writer.submit(Op::LogPosition { stream: stream.to_owned(), position });
+        let ops = std::mem::take(&mut *self.entry_ops.lock());
+        self.writer.submit(Op::Logged { stream: stream.to_owned(), position, ops });
     }
 
     /// Applies one entry of the cluster's log: `command`, with what the sequencer decided for it.
@@ -70,7 +71,7 @@ impl Engine {
                 let _admin = self.admin.lock();
                 let user = self.stored_user(*user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
                 user.set_display_name(display_name.as_str().into());
-                self.writer.submit(Op::UpsertUser(UserRow {
+                self.queue(Op::UpsertUser(UserRow {
                     id: *user_id,
                     uuid: user.uuid.to_string(),
                     display_name: display_name.clone(),
@@ -81,7 +82,7 @@ impl Engine {
             Command::DeleteUser { user_id } => {
                 let _admin = self.admin.lock();
                 self.remove_user(*user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
-                self.writer.submit(Op::DeleteUser { id: *user_id });
+                self.queue(Op::DeleteUser { id: *user_id });
                 Ok(Effect::Done)
             }
             Command::OpenSession { user_id, session } => {
@@ -93,7 +94,7 @@ impl Engine {
                 let _admin = self.admin.lock();
                 let session = self.unlink_session(uuid).ok_or(EngineError::NoSuchSession)?;
                 session.user.remove_session(uuid);
-                self.writer.submit(Op::DeleteSession { uuid: uuid.0 });
+                self.queue(Op::DeleteSession { uuid: uuid.0 });
                 Ok(Effect::Done)
             }
             Command::AddContact { user_id, contact_id } => {
@@ -111,7 +112,7 @@ impl Engine {
                 }
                 me.add_contact(other.id);
                 other.add_contact(me.id);
-                self.writer.submit(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) });
+                self.queue(Op::AddContact { a: me.id.min(other.id), b: me.id.max(other.id) });
                 Ok(Effect::Done)
             }
             Command::RemoveContact { user_id, contact_id } => {
@@ -119,7 +120,7 @@ impl Engine {
                 let (me, other) = self.applied_contact_pair(*user_id, *contact_id)?;
                 if me.remove_contact(other.id) {
                     other.remove_contact(me.id);
-                    self.writer.submit(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) });
+                    self.queue(Op::RemoveContact { a: me.id.min(other.id), b: me.id.max(other.id) });
                 }
                 Ok(Effect::Done)
             }
@@ -160,7 +161,7 @@ impl Engine {
         }
         // Ids are the log's; `users_after` probes up to the next one.
         self.next_user_id.fetch_max(id + 1, Ordering::Relaxed);
-        self.writer.submit(Op::UpsertUser(UserRow {
+        self.queue(Op::UpsertUser(UserRow {
             id,
             uuid: uuid.to_owned(),
             display_name: display_name.to_owned(),
@@ -184,13 +185,13 @@ impl Engine {
         if user.session_count() >= self.config.max_sessions_per_user {
             return Err(EngineError::TooManySessions);
         }
-        self.writer.submit(Op::InsertSession(SessionRow {
+        self.queue(Op::InsertSession(SessionRow {
             uuid: uuid.0,
             user_id,
             created_ns: now,
             last_active_ns: now,
         }));
-        let session = Arc::new(Session::new(uuid, user, now, now, None));
+        let session = Arc::new(Session::new(uuid, user, now, now, None, self.config.cluster));
         self.link_session(session.clone());
         Ok(session.view())
     }
@@ -223,7 +224,7 @@ impl Engine {
         let (created, json) = deliver(sender, &receiver, uuid, body, attachments, || created);
         session.mark_active(created);
         self.metrics.messages_sent.inc();
-        self.writer.submit(Op::Message(MessageRow {
+        self.queue(Op::Message(MessageRow {
             uuid,
             created_ns: created,
             sender_id: sender.id,

@@ -18,6 +18,9 @@ impl Engine {
 
     /// Makes the session's user and `user_id` contacts of each other (idempotent).
     pub async fn add_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
+        if self.config.cluster {
+            return self.clustered_contact(session, user_id, true).await;
+        }
         let commit = {
             let _admin = self.admin.lock();
             let (me, other) = self.contact_pair(session, user_id)?;
@@ -42,6 +45,9 @@ impl Engine {
 
     /// Removes the contact pair both ways (idempotent).
     pub async fn remove_contact(&self, session: &Session, user_id: i64) -> Result<(), EngineError> {
+        if self.config.cluster {
+            return self.clustered_contact(session, user_id, false).await;
+        }
         let commit = {
             let _admin = self.admin.lock();
             let (me, other) = self.contact_pair(session, user_id)?;

@@ -51,13 +51,13 @@ impl Engine {
             }
         }
         if !touches.is_empty() {
-            self.writer.submit(Op::TouchSessions(touches));
+            self.queue(Op::TouchSessions(touches));
         }
         let expire_before = now.saturating_sub(ttl_ns(self.config.message_ttl));
         let users: Vec<Arc<User>> = shard.users.read().values().cloned().collect();
         for u in users {
             if let Some(left_ns) = u.mailbox.lock().cull_before(expire_before) {
-                self.writer.submit(Op::Watermark { user_id: u.id, left_ns });
+                self.queue(Op::Watermark { user_id: u.id, left_ns });
             }
         }
     }
@@ -70,7 +70,7 @@ impl Engine {
         }
         if self.unlink_session(s.uuid).is_some() {
             s.user.remove_session(s.uuid);
-            self.writer.submit(Op::DeleteSession { uuid: s.uuid.0 });
+            self.queue(Op::DeleteSession { uuid: s.uuid.0 });
             self.metrics.sessions_culled.inc();
         }
     }
@@ -85,7 +85,7 @@ impl Engine {
                 .filter_map(|s| s.take_unpersisted_activity().map(|ns| (s.uuid.0, ns)))
                 .collect();
             if !touches.is_empty() {
-                self.writer.submit(Op::TouchSessions(touches));
+                self.queue(Op::TouchSessions(touches));
             }
         }
     }

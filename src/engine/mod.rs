@@ -53,6 +53,7 @@
 //! the cluster log's commands applied deterministically (cluster mode).
 
 mod apply;
+mod cluster;
 mod contacts;
 mod cull;
 mod restore;
@@ -62,6 +63,7 @@ mod users;
 mod wait;
 
 pub use apply::Effect;
+pub use cluster::ClusterLink;
 pub use wait::{Hold, Woken};
 
 pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
@@ -102,6 +104,10 @@ pub struct EngineConfig {
     pub max_contacts_per_user: usize,
     /// Sends per second per session, 0 for no limit (`--send-rate`).
     pub send_rate: u32,
+    /// Cluster mode (`--nats-url`): changes go through the cluster's log (see `cluster.rs`), a
+    /// session's activity follows the log's clock, and the writes of an applied entry reach the
+    /// store together with the log position after it.
+    pub cluster: bool,
 }
 
 impl EngineConfig {
@@ -119,6 +125,7 @@ impl EngineConfig {
             max_sessions_per_user: c::DEFAULT_MAX_SESSIONS_PER_USER,
             max_contacts_per_user: c::DEFAULT_MAX_CONTACTS_PER_USER,
             send_rate: 0,
+            cluster: false,
         }
     }
 }
@@ -172,6 +179,14 @@ pub enum EngineError {
     /// refuses it alike. Names the field.
     #[error("{0}: malformed in the cluster log entry")]
     MalformedCommand(&'static str),
+    /// Cluster mode: NATS is unreachable (or this node cannot apply the log), so nothing was
+    /// published and nothing changed.
+    #[error("the cluster log (NATS) is unreachable; nothing was changed, retry shortly")]
+    ClusterUnavailable,
+    /// Cluster mode: the change was published but not acknowledged in time, or this node stopped
+    /// applying the log before it: it may or may not have been made.
+    #[error("the cluster log did not confirm the write in time; it may or may not have been made")]
+    ClusterUnconfirmed,
 }
 
 /// Why the server is not ready for traffic (`/readyz`).
@@ -188,6 +203,15 @@ pub enum NotReady {
     /// The write queue is at `--max-pending`.
     #[error("not ready: the write queue is at --max-pending")]
     QueueFull,
+    /// Cluster mode: still catching up with the cluster's log.
+    #[error("not ready: catching up with the cluster log")]
+    ClusterCatchingUp,
+    /// Cluster mode: NATS is unreachable; writes are refused, polls answer from memory.
+    #[error("not ready: the cluster log (NATS) is unreachable; writes are refused, polls answer from memory")]
+    ClusterUnreachable,
+    /// Cluster mode: this node stopped applying the log (see the log); it must be restarted.
+    #[error("not ready: this node stopped applying the cluster log and must be restarted")]
+    ClusterStopped,
 }
 
 /// A failure kind in the words of `/readyz`.
@@ -236,6 +260,10 @@ pub struct Engine {
     stopping: std::sync::atomic::AtomicBool,
     /// Wakes every waiter when `stopping` is set.
     stop_waiters: tokio::sync::Notify,
+    /// Cluster mode: the writes of the log entry being applied, queued with its position.
+    entry_ops: Mutex<Vec<Op>>,
+    /// Cluster mode: the log this node publishes its changes to, once it caught up with it.
+    cluster: std::sync::OnceLock<cluster::ClusterLink>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -270,6 +298,8 @@ impl Engine {
             metrics,
             stopping: std::sync::atomic::AtomicBool::new(false),
             stop_waiters: tokio::sync::Notify::new(),
+            entry_ops: Mutex::new(Vec::new()),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -284,6 +314,8 @@ impl Engine {
             Err(NotReady::StoreFailing { kind: e.kind(), cause: e.to_string() })
         } else if self.writer.is_full() {
             Err(NotReady::QueueFull)
+        } else if self.config.cluster {
+            self.cluster_readiness()
         } else {
             Ok(())
         }
@@ -316,6 +348,16 @@ impl Engine {
         self.session_shard(session.uuid).sessions.read().contains_key(&session.uuid)
     }
 
+    /// Queues a write of the culling and cluster paths: to the writer, or in cluster mode with the
+    /// entry being applied (see [`Engine::record_log_position`]).
+    fn queue(&self, op: Op) {
+        if self.config.cluster {
+            self.entry_ops.lock().push(op);
+        } else {
+            self.writer.submit(op);
+        }
+    }
+
     /// Refuses a change that must be durable before it is answered while the store is known to
     /// be unreachable: it could not be acknowledged, and the client would wait for the outage.
     fn require_store(&self) -> Result<(), EngineError> {
@@ -332,6 +374,7 @@ impl Engine {
     /// comma-separated JSON; see [`crate::mailbox::Mailbox::read_into`]) and marks the session
     /// active. Takes no lock: the session was looked up already.
     pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut BytesMut) -> Polled {
+        // (In cluster mode `touch` only marks the session served; see `cluster.rs`.)
         session.touch(Clock::wall_ns());
         let read = session.user.mailbox.read_into(cutoff.map(Cursor::as_ns), out);
         let cursor = read.newest.map(Cursor::from_ns).or(cutoff).unwrap_or(Cursor { unix: 0, nano: 0 });
@@ -348,6 +391,9 @@ impl Engine {
         body: &str,
         attachments: Option<String>,
     ) -> Result<Bytes, EngineError> {
+        if self.config.cluster {
+            return self.clustered_send(session, receiver_id, body, attachments).await;
+        }
         let receiver = self.stored_user(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
         if self.config.send_rate > 0 {
             session.take_send_token(self.config.send_rate, Clock::wall_ns()).map_err(EngineError::SendRate)?;

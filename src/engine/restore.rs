@@ -33,7 +33,14 @@ impl Engine {
         for row in snapshot.sessions {
             let Some(user) = self.user_arc(row.user_id) else { continue };
             self.clock.advance_past(row.created_ns);
-            let session = Arc::new(Session::new(SessionId(row.uuid), user, row.created_ns, row.last_active_ns, None));
+            let session = Arc::new(Session::new(
+                SessionId(row.uuid),
+                user,
+                row.created_ns,
+                row.last_active_ns,
+                None,
+                self.config.cluster,
+            ));
             self.link_session(session);
         }
         for m in snapshot.messages {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 impl Engine {
     /// Opens a session for a user.
     pub async fn open_session(&self, user_id: i64) -> Result<SessionView, EngineError> {
+        if self.config.cluster {
+            return self.clustered_open_session(user_id).await;
+        }
         let session = {
             let _admin = self.admin.lock();
             let user = self.stored_user(user_id).ok_or(EngineError::NoSuchUser("user_id"))?;
@@ -23,7 +26,7 @@ impl Engine {
                 created_ns: now,
                 last_active_ns: now,
             }));
-            let session = Arc::new(Session::new(uuid, user.clone(), now, now, Some(created.clone())));
+            let session = Arc::new(Session::new(uuid, user.clone(), now, now, Some(created.clone()), false));
             self.link_session(session.clone());
             (session, created)
         };
@@ -89,6 +92,9 @@ impl Engine {
 
     /// Closes a session.
     pub async fn close_session(&self, uuid: SessionId) -> Result<(), EngineError> {
+        if self.config.cluster {
+            return self.clustered_close_session(uuid).await;
+        }
         let commit = {
             let _admin = self.admin.lock();
             self.session(uuid)?;

@@ -202,6 +202,11 @@ pub struct Session {
     holds: AtomicU32,
     /// Set once the session is closed (by a client, by expiry, with its user), so its waiters end.
     closed: AtomicBool,
+    /// Cluster mode: `last_active` follows the log's clock alone, and [`Session::touch`] only
+    /// notes that the session was served here, for this node's next `Touch` entry.
+    log_clock: bool,
+    /// Cluster mode: served on this node since the last [`Session::take_served`].
+    served: AtomicBool,
 }
 
 /// `last_active` is only stored when it moved by at least this much, so a hot session's
@@ -210,7 +215,15 @@ const TOUCH_GRANULARITY_NS: i64 = 1_000_000;
 
 impl Session {
     /// A session as restored (`stored: None`) or created (`stored`: the commit that creates it).
-    pub fn new(uuid: SessionId, user: Arc<User>, created: i64, last_active: i64, stored: Option<Arc<Commit>>) -> Self {
+    /// `log_clock`: cluster mode (see [`Session::touch`]).
+    pub fn new(
+        uuid: SessionId,
+        user: Arc<User>,
+        created: i64,
+        last_active: i64,
+        stored: Option<Arc<Commit>>,
+        log_clock: bool,
+    ) -> Self {
         Self {
             uuid,
             user,
@@ -221,6 +234,8 @@ impl Session {
             send_tat: AtomicI64::new(i64::MIN),
             holds: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            log_clock,
+            served: AtomicBool::new(false),
         }
     }
 
@@ -282,8 +297,15 @@ impl Session {
         self.last_active.load(Ordering::Relaxed)
     }
 
-    /// Marks the session active at `now` (ns).
+    /// Marks the session active at `now` (ns). In cluster mode it only notes that the session was
+    /// served here: its activity reaches every node through this node's next `Touch` entry.
     pub fn touch(&self, now: i64) {
+        if self.log_clock {
+            if !self.served.load(Ordering::Relaxed) {
+                self.served.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
         if now - self.last_active.load(Ordering::Relaxed) >= TOUCH_GRANULARITY_NS {
             self.last_active.fetch_max(now, Ordering::Relaxed);
         }
@@ -294,6 +316,13 @@ impl Session {
     /// [`Session::touch`]).
     pub(crate) fn mark_active(&self, ns: i64) {
         self.last_active.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Cluster mode: whether the session was served here (or is held open here) since the last
+    /// call; clears the mark.
+    pub(crate) fn take_served(&self) -> bool {
+        let served = self.served.load(Ordering::Relaxed) && self.served.swap(false, Ordering::Relaxed);
+        served || self.holds() > 0
     }
 
     /// The `last_active` to write, if it changed since the last call.

@@ -11,6 +11,9 @@ impl Engine {
     /// answers only once the user is in the store: a second create of a uuid whose first create
     /// is still being written waits for that write, and fails with it.
     pub async fn create_user(&self, uuid: &str, display_name: &str) -> Result<UserView, EngineError> {
+        if self.config.cluster {
+            return self.clustered_create_user(uuid, display_name).await;
+        }
         let (user, new) = {
             let _admin = self.admin.lock();
             match self.by_uuid.get(uuid).map(|u| u.clone()) {
@@ -113,6 +116,9 @@ impl Engine {
 
     /// Sets a user's display name.
     pub async fn update_user(&self, id: i64, display_name: &str) -> Result<UserView, EngineError> {
+        if self.config.cluster {
+            return self.clustered_update_user(id, display_name).await;
+        }
         let (view, commit) = {
             let _admin = self.admin.lock();
             let user = self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;
@@ -132,6 +138,9 @@ impl Engine {
 
     /// Deletes a user with their sessions, contacts and mailbox.
     pub async fn delete_user(&self, id: i64) -> Result<(), EngineError> {
+        if self.config.cluster {
+            return self.clustered_delete_user(id).await;
+        }
         let commit = {
             let _admin = self.admin.lock();
             self.stored_user(id).ok_or(EngineError::NoSuchUser("user_id"))?;

@@ -65,7 +65,9 @@ impl ApiError {
                 EngineError::QueueFull
                 | EngineError::StoreStalled
                 | EngineError::StoreUnreachable
-                | EngineError::WriteUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
+                | EngineError::WriteUnconfirmed
+                | EngineError::ClusterUnavailable
+                | EngineError::ClusterUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
                 // Only a write that passed validation reaches the store: its refusal is ours.
                 EngineError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
                 // A publisher wrote an entry no node can apply: ours too.

@@ -157,6 +157,10 @@ impl Api {
     ) -> Result<HttpResponse, ApiError> {
         let e = &*self.engine;
         let query = parts.uri.query();
+        if let Some(session) = route.session() {
+            // Cluster mode: a session opened through another node an instant ago.
+            e.expect_session(session).await;
+        }
         match route {
             Route::MessagesPoll(session, cutoff) => match messages::poll(e, session, cutoff, query, self.max_wait)? {
                 messages::Polled::Now(answer) => Ok(answer),

@@ -77,6 +77,23 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
+    /// The session the route names, when it names one and it parsed.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Route::SessionClose(Ok(id))
+            | Route::ContactsList(Ok(id))
+            | Route::ContactAdd(Ok(id), _)
+            | Route::ContactRemove(Ok(id), _)
+            | Route::MessagesPoll(Ok(id), _)
+            | Route::MessageSend(Ok(id))
+            | Route::MessagesStream(Ok(id), _)
+            | Route::MessagesSocket(Ok(id)) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+impl Route<'_> {
     /// Whether the route is an admin route (contract: "Access control and limits"), which needs
     /// the admin token when one is set. Everything a session does is authorised by its id.
     pub fn is_admin(&self) -> bool {

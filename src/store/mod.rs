@@ -76,26 +76,57 @@ pub struct LogPosition {
     pub user_id: i64,
 }
 
-/// The indices of the ops in `ops` that a store must write: all but the [`Op::LogPosition`]s a
-/// later one of the same stream supersedes. `None` when every op is to be written (no position,
-/// or one), the common case, which costs one pass and no allocation.
-pub fn latest_positions(ops: &[Op]) -> Option<Vec<bool>> {
-    let positions = ops.iter().filter(|op| matches!(op, Op::LogPosition { .. })).count();
-    if positions <= 1 {
-        return None;
-    }
-    let mut keep = vec![true; ops.len()];
-    let mut seen: Vec<&str> = Vec::new();
-    for (i, op) in ops.iter().enumerate().rev() {
-        if let Op::LogPosition { stream, .. } = op {
-            if seen.contains(&stream.as_str()) {
-                keep[i] = false;
-            } else {
-                seen.push(stream);
+/// What a store writes of a batch that holds [`Op::Logged`] entries (cluster mode): see
+/// [`logged_writes`].
+#[derive(Debug, Default)]
+pub struct LoggedWrites<'a> {
+    /// The ops to write, in order: every op outside an entry, and the ops of every entry past the
+    /// position the store holds for its stream.
+    pub ops: Vec<&'a Op>,
+    /// The position to raise each stream's row to: its last entry in the batch, if past the held one.
+    pub positions: Vec<(&'a str, LogPosition)>,
+}
+
+/// The streams whose entries `ops` holds, each once: what a store must look up (and lock) the
+/// held position of before [`logged_writes`]. Empty for a batch without entries, the common case,
+/// which costs one pass and no allocation.
+pub fn logged_streams(ops: &[Op]) -> Vec<&str> {
+    let mut streams: Vec<&str> = Vec::new();
+    for op in ops {
+        if let Op::Logged { stream, .. } = op {
+            if !streams.contains(&stream.as_str()) {
+                streams.push(stream);
             }
         }
     }
-    Some(keep)
+    streams
+}
+
+/// Cluster mode: what to write of `ops` when the store holds `held` (stream, position seq) — the
+/// entries at or below a stream's held position were written already, by this node or another,
+/// and are skipped whole; the others' ops are written in order, and the stream's position raised
+/// to the last of them. So every entry's rows are written once, by whichever node's batch got to
+/// it first, and the store always holds exactly the state after its position (see
+/// `crate::cluster`).
+pub fn logged_writes<'a>(ops: &'a [Op], held: &[(&str, i64)]) -> LoggedWrites<'a> {
+    let mut out = LoggedWrites { ops: Vec::with_capacity(ops.len()), positions: Vec::new() };
+    for op in ops {
+        let Op::Logged { stream, position, ops: inner } = op else {
+            out.ops.push(op);
+            continue;
+        };
+        let held_seq = held.iter().find(|(s, _)| *s == stream.as_str()).map_or(0, |(_, seq)| *seq);
+        let raised = out.positions.iter().find(|(s, _)| *s == stream.as_str()).map_or(held_seq, |(_, p)| p.seq);
+        if position.seq <= raised {
+            continue;
+        }
+        out.ops.extend(inner.iter());
+        match out.positions.iter_mut().find(|(s, _)| *s == stream.as_str()) {
+            Some((_, p)) => *p = *position,
+            None => out.positions.push((stream, *position)),
+        }
+    }
+    out
 }
 
 /// One mutation, in the order the engine made it. Every op is idempotent. Serialisable, for the
@@ -135,15 +166,16 @@ pub enum Op {
     },
     /// Insert the message (nothing if a row with its timestamp exists).
     Message(MessageRow),
-    /// Cluster mode: raise the stored position in `stream`'s log to `position` (never lowers it).
-    /// A node queues it after the ops of the entries it applied up to there, so a batch that
-    /// holds it holds them too; only the last one per stream in a batch is written
-    /// ([`latest_positions`]).
-    LogPosition {
+    /// Cluster mode: the writes of one entry of `stream`'s log, as this node applied it, and the
+    /// position after it. A store writes them, and raises its position for the stream to
+    /// `position`, only if it holds the stream below `position.seq` ([`logged_writes`]).
+    Logged {
         /// The log (JetStream stream name).
         stream: String,
-        /// How far.
+        /// The position after the entry.
         position: LogPosition,
+        /// The entry's writes, in order (never an `Op::Logged`).
+        ops: Vec<Op>,
     },
     /// Raise the user's culled-message watermark (`users.left_ns`) to at least `left_ns`.
     Watermark {

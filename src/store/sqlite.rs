@@ -138,11 +138,22 @@ impl Store for SqliteStore {
 
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let keep = super::latest_positions(ops);
-        for (i, op) in ops.iter().enumerate() {
-            if keep.as_ref().is_some_and(|k| !k[i]) {
-                continue;
-            }
+        // Cluster mode: the positions held, read inside this (immediate, so exclusive) transaction.
+        let streams = super::logged_streams(ops);
+        let mut held = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let seq: Option<i64> = tx
+                .prepare_cached("SELECT seq FROM log_position WHERE stream = ?1")?
+                .query_row([stream], |r| r.get(0))
+                .optional()?;
+            held.push((stream, seq.unwrap_or(0)));
+        }
+        let logged = (!held.is_empty()).then(|| super::logged_writes(ops, &held));
+        let list: Box<dyn Iterator<Item = &Op>> = match &logged {
+            Some(l) => Box::new(l.ops.iter().copied()),
+            None => Box::new(ops.iter()),
+        };
+        for op in list {
             match op {
                 Op::UpsertUser(u) => {
                     // Two statements, not ON CONFLICT(id): a retried batch that deleted a user and
@@ -200,15 +211,8 @@ impl Store for SqliteStore {
                         m.attachments
                     ])?;
                 }
-                Op::LogPosition { stream, position: p } => {
-                    tx.prepare_cached(
-                        "INSERT INTO log_position (stream, seq, created_ns, user_id) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (stream) DO UPDATE
-                         SET seq = excluded.seq, created_ns = excluded.created_ns, user_id = excluded.user_id
-                         WHERE log_position.seq < excluded.seq",
-                    )?
-                    .execute(params![stream, p.seq, p.created_ns, p.user_id])?;
-                }
+                // Flattened by `logged_writes`; an entry nested in an entry is never made.
+                Op::Logged { .. } => {}
                 Op::Watermark { user_id, left_ns } => {
                     tx.prepare_cached(
                         "UPDATE users SET left_ns = ?2 WHERE id = ?1 AND (left_ns IS NULL OR left_ns < ?2)",
@@ -216,6 +220,15 @@ impl Store for SqliteStore {
                     .execute([user_id, left_ns])?;
                 }
             }
+        }
+        for (stream, p) in logged.iter().flat_map(|l| l.positions.iter()) {
+            tx.prepare_cached(
+                "INSERT INTO log_position (stream, seq, created_ns, user_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream) DO UPDATE
+                 SET seq = excluded.seq, created_ns = excluded.created_ns, user_id = excluded.user_id
+                 WHERE log_position.seq < excluded.seq",
+            )?
+            .execute(params![stream, p.seq, p.created_ns, p.user_id])?;
         }
         tx.commit()?;
         Ok(())

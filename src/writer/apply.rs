@@ -144,6 +144,6 @@ fn op_id(op: &Op) -> String {
         Op::RemoveContact { a, b } => format!("remove contact {a}-{b}"),
         Op::Message(m) => format!("message {:032x}", m.uuid),
         Op::Watermark { user_id, .. } => format!("watermark of user {user_id}"),
-        Op::LogPosition { stream, position } => format!("position {} in log {stream}", position.seq),
+        Op::Logged { stream, position, ops } => format!("entry {} of log {stream} ({} writes)", position.seq, ops.len()),
     }
 }

@@ -40,6 +40,10 @@ pub(super) struct Statements {
     pub(super) watermark: Statement,
     /// Raise the log position of a stream (never lower it).
     pub(super) log_position: Statement,
+    /// Makes sure a stream's position row exists (at 0), so that it can be locked.
+    pub(super) log_position_row: Statement,
+    /// Locks a stream's position row for the transaction and reads its `seq`.
+    pub(super) log_position_lock: Statement,
     /// Messages straight into the table (fails on a duplicate).
     pub(super) copy_messages: Statement,
     /// Messages into the staging table, and from there into the table skipping duplicates.
@@ -99,6 +103,15 @@ impl Statements {
                      SET seq = EXCLUDED.seq, created_ns = EXCLUDED.created_ns, user_id = EXCLUDED.user_id
                      WHERE log_position.seq < EXCLUDED.seq",
                 )
+                .await?,
+            log_position_row: client
+                .prepare(
+                    "INSERT INTO log_position (stream, seq, created_ns, user_id) VALUES ($1, 0, 0, 0)
+                     ON CONFLICT (stream) DO NOTHING",
+                )
+                .await?,
+            log_position_lock: client
+                .prepare("SELECT seq FROM log_position WHERE stream = $1 FOR UPDATE")
                 .await?,
             copy_messages: client
                 .prepare(

@@ -45,12 +45,24 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
     fn p(value: impl ToSql + Sync + Send + 'static) -> Box<dyn ToSql + Sync + Send> {
         Box::new(value)
     }
+    // Cluster mode: lock each stream's position row for this transaction and read it, so that
+    // of two nodes writing the same entries one writes them and the other skips them
+    // (`logged_writes`). One extra round trip, only for batches that hold log entries.
+    let streams = crate::store::logged_streams(ops);
+    let mut held = Vec::with_capacity(streams.len());
+    for stream in streams {
+        tx.execute(&st.log_position_row, &[&stream]).await?;
+        let seq: i64 = tx.query_one(&st.log_position_lock, &[&stream]).await?.try_get(0)?;
+        held.push((stream, seq));
+    }
+    let (list, positions) = if held.is_empty() {
+        (ops.iter().collect::<Vec<&Op>>(), Vec::new())
+    } else {
+        let logged = crate::store::logged_writes(ops, &held);
+        (logged.ops, logged.positions)
+    };
     let mut pending = Vec::new();
-    let keep = crate::store::latest_positions(ops);
-    for (i, op) in ops.iter().enumerate() {
-        if keep.as_ref().is_some_and(|k| !k[i]) {
-            continue;
-        }
+    for op in list.iter().copied() {
         let (statement, params): (&Statement, Params) = match op {
             Op::UpsertUser(u) => {
                 (&st.upsert_user, vec![p(u.id), p(u.uuid.clone()), p(u.display_name.clone()), p(u.left_ns)])
@@ -71,21 +83,24 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
             Op::AddContact { a, b } => (&st.add_contact, vec![p(*a), p(*b)]),
             Op::RemoveContact { a, b } => (&st.remove_contact, vec![p(*a), p(*b)]),
             Op::Watermark { user_id, left_ns } => (&st.watermark, vec![p(*user_id), p(*left_ns)]),
-            Op::LogPosition { stream, position: l } => {
-                (&st.log_position, vec![p(stream.clone()), p(l.seq), p(l.created_ns), p(l.user_id)])
-            }
+            // Flattened by `logged_writes`.
+            Op::Logged { .. } => continue,
             Op::Message(_) => continue,
         };
         pending.push(tx.execute_raw(statement, params));
     }
+    for (stream, l) in &positions {
+        let params: Params = vec![p(stream.to_string()), p(l.seq), p(l.created_ns), p(l.user_id)];
+        pending.push(tx.execute_raw(&st.log_position, params));
+    }
     pipeline(pending).await?;
 
     // The messages: no foreign keys, and nothing above touches the table, so they can go last.
-    if ops.iter().any(|op| matches!(op, Op::Message(_))) {
+    if list.iter().any(|op| matches!(op, Op::Message(_))) {
         let copy = if path == MessagePath::Direct { &st.copy_messages } else { &st.copy_staged };
         let sink = tx.copy_in(copy).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &MESSAGE_TYPES));
-        for op in ops {
+        for op in &list {
             let Op::Message(m) = op else { continue };
             writer
                 .as_mut()
