@@ -22,8 +22,10 @@
 //!   (the publishing node checks those before it publishes), and not held polls or streams when
 //!   culling (they are one node's; their activity reaches the log as `Touch`).
 //! - **Activity and expiry follow the log's clock.** `Touch` sets its sessions' `last_active` to
-//!   the entry's time (never backwards), a send its session's; `Tick` culls idle sessions and old
-//!   messages as of the entry's time, and writes the changed activity.
+//!   the entry's time (never backwards), a send its session's, and both write it with the entry,
+//!   so the store holds every session's activity exactly as of its log position (a node restarted
+//!   from it culls as the others do); `Tick` culls idle sessions and old messages as of the
+//!   entry's time.
 //! - **Writes are write-behind**: each change goes to the writer as the live path's [`Op`] (all
 //!   idempotent, so every node writing the same rows is harmless), and nothing awaits the commit.
 //!   In cluster mode a change is durable once JetStream stored its entry.
@@ -134,16 +136,24 @@ impl Engine {
                 self.apply_send(&session, *receiver_id, body, attachments, uuid, now).map(Effect::Message)
             }
             Command::Touch { sessions } => {
+                let mut touched = Vec::with_capacity(sessions.len());
                 for session in sessions {
                     // A session closed since (or never valid) has no activity to keep.
                     if let Some(s) = session.parse().ok().and_then(|uuid| self.session(uuid).ok()) {
                         s.mark_active(now);
+                        touched.push((s.uuid.0, now));
                     }
+                }
+                // Written with the entry, so the store holds every session's activity as of its
+                // log position exactly: a node restarted from it culls as the others do.
+                if !touched.is_empty() {
+                    self.queue(Op::TouchSessions(touched));
                 }
                 Ok(Effect::Done)
             }
             Command::Tick => {
-                self.cull_all_as(now, true, Holds::Ignore);
+                // Activity is written as it is applied (`Touch`, `Send`): nothing to flush.
+                self.cull_all_as(now, false, Holds::Ignore);
                 Ok(Effect::Done)
             }
         }
@@ -185,12 +195,7 @@ impl Engine {
         if user.session_count() >= self.config.max_sessions_per_user {
             return Err(EngineError::TooManySessions);
         }
-        self.queue(Op::InsertSession(SessionRow {
-            uuid: uuid.0,
-            user_id,
-            created_ns: now,
-            last_active_ns: now,
-        }));
+        self.queue(Op::InsertSession(SessionRow { uuid: uuid.0, user_id, created_ns: now, last_active_ns: now }));
         let session = Arc::new(Session::new(uuid, user, now, now, None, self.config.cluster));
         self.link_session(session.clone());
         Ok(session.view())
@@ -223,6 +228,8 @@ impl Engine {
         let sender = &session.user;
         let (created, json) = deliver(sender, &receiver, uuid, body, attachments, || created);
         session.mark_active(created);
+        // See `Touch`: the store holds activity as of each entry (one statement per batch).
+        self.queue(Op::TouchSessions(vec![(session.uuid.0, created)]));
         self.metrics.messages_sent.inc();
         self.queue(Op::Message(MessageRow {
             uuid,

@@ -2,9 +2,10 @@
 //!
 //! Messages are replayed oldest first through the same mailbox push the live path uses, so ring
 //! capacity evicts, and raises gap watermarks, exactly as it did before the restart. Messages the
-//! store no longer has (culled by TTL) are covered by each user's stored `left_ns`. Messages past
-//! their TTL are pushed too and leave at the first culling pass, which runs before the listener
-//! opens. The clock is moved past every restored timestamp so none is ever handed out again.
+//! store no longer has (culled by TTL) are covered by each user's stored `left_ns`, and those it
+//! still has but a mailbox culled already (at or below its `left_ns`) are not pushed into it.
+//! Messages past their TTL are pushed too and leave at the first culling pass, which runs before
+//! the listener opens (in cluster mode, at the next tick in the log, as on every node). The clock is moved past every restored timestamp so none is ever handed out again.
 
 use super::{Engine, Session, SessionId};
 use crate::render;
@@ -54,7 +55,12 @@ impl Engine {
                     break;
                 }
                 if let Some(u) = self.user_arc(*id) {
-                    u.mailbox.lock().push(m.created_ns, json.clone());
+                    // Culled from this mailbox already (the store deletes culled messages in
+                    // steps of its own, so it may still hold some): it stays out. (Pushes go in
+                    // order, so one evicted here is always older than the next pushed.)
+                    if u.mailbox.watermark().is_none_or(|left| m.created_ns > left) {
+                        u.mailbox.lock().push(m.created_ns, json.clone());
+                    }
                 }
             }
         }

@@ -62,6 +62,7 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
         (logged.ops, logged.positions)
     };
     let mut pending = Vec::new();
+    let mut touched: Vec<(PgUuid, i64)> = Vec::new();
     for op in list.iter().copied() {
         let (statement, params): (&Statement, Params) = match op {
             Op::UpsertUser(u) => {
@@ -73,12 +74,9 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
             }
             Op::DeleteSession { uuid } => (&st.delete_session, vec![p(PgUuid(*uuid))]),
             Op::TouchSessions(touches) => {
-                if touches.is_empty() {
-                    continue;
-                }
-                let uuids: Vec<PgUuid> = touches.iter().map(|&(u, _)| PgUuid(u)).collect();
-                let times: Vec<i64> = touches.iter().map(|&(_, ns)| ns).collect();
-                (&st.touch_sessions, vec![p(uuids), p(times)])
+                // All of the batch's in one statement, after its other ops (see below).
+                touched.extend(touches.iter().map(|&(u, ns)| (PgUuid(u), ns)));
+                continue;
             }
             Op::AddContact { a, b } => (&st.add_contact, vec![p(*a), p(*b)]),
             Op::RemoveContact { a, b } => (&st.remove_contact, vec![p(*a), p(*b)]),
@@ -88,6 +86,14 @@ async fn write_batch(conn: &mut Conn, ops: &[Op], path: MessagePath) -> Result<(
             Op::Message(_) => continue,
         };
         pending.push(tx.execute_raw(statement, params));
+    }
+    // A touch only ever raises `last_active` of a session that exists, and a session's uuid is
+    // never reused: applying a batch's touches together after its other ops ends in the same rows
+    // as applying each in place, in one statement instead of one per op (in cluster mode every
+    // message sent carries one).
+    if !touched.is_empty() {
+        let (uuids, times): (Vec<PgUuid>, Vec<i64>) = touched.into_iter().unzip();
+        pending.push(tx.execute_raw(&st.touch_sessions, vec![p(uuids), p(times)]));
     }
     for (stream, l) in &positions {
         let params: Params = vec![p(stream.to_string()), p(l.seq), p(l.created_ns), p(l.user_id)];
