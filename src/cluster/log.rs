@@ -129,7 +129,7 @@ pub struct Log {
 }
 
 impl Log {
-    /// The stream's name (where the stores keep this log's position, `Op::LogPosition`).
+    /// The stream's name (where the stores keep this log's position, `Op::Logged`).
     pub fn stream_name(&self) -> &str {
         &self.stream
     }

@@ -1,21 +1,13 @@
 //! Cluster mode (issue 12): several chatbus nodes as one server, on NATS JetStream and PostgreSQL.
 //!
-//! **Status.** Built and tested against real NATS: the log's [`Command`]s, the deterministic
-//! [`Sequencer`], the JetStream [`Log`] — publish with dedup, in-order reading that survives
-//! a NATS server's crash and a NATS cluster's leader failover (`tests/cluster_log.rs`) — and the
-//! deterministic state machine: [`Engine::apply`](crate::engine::Engine::apply) applies one entry
-//! with the sequencer's ids and times (`engine/apply.rs`, whose doc says how each command is
-//! applied), and the [`Applier`] task applies the log to an engine, publishes how far it got and
-//! hands each entry's outcome to its publisher (`tests/cluster_apply.rs`: two nodes agree on every
-//! message and timestamp, a receiver polling both gets every acknowledged message once, a late
-//! node catches up), and the [`Publisher`] a node's writes will go through (publish under a
-//! message id, retried with that id, and the entry's outcome; a repeated id is reported as
-//! applied already). The stores keep a log position per stream ([`Op::LogPosition`], table
-//! `log_position`). **Not built yet:** publishing from the HTTP handlers, writing the position
-//! as entries are applied, and start-up replay — nothing here is wired into the server, which
-//! has no `--nats-url` flag until it is (see "What is next").
+//! **Status.** Served: `--nats-url` runs a node ([`Node::join`] at start; the engine's changes go
+//! through the [`Publisher`], see `engine/cluster.rs`). Tested against real NATS and PostgreSQL:
+//! the log (`tests/cluster_log.rs`: dedup, a NATS server's crash, a NATS cluster's leader
+//! failover), the state machine and the applier (`tests/cluster_apply.rs`), and whole nodes
+//! (`tests/cluster_nodes.rs`: three nodes as one server, a node killed and restarted, a late
+//! node, NATS restarted, a NATS cluster losing its leader).
 //!
-//! [`Op::LogPosition`]: crate::store::Op::LogPosition
+//! [`Op::Logged`]: crate::store::Op::Logged
 //!
 //! What the tests taught about JetStream (nats-server 2.9, async-nats 0.46):
 //!
@@ -70,21 +62,24 @@
 //!
 //! ## PostgreSQL: each row written exactly once, however many nodes write it
 //!
-//! Every node writes what it applies through the same writer thread and binary COPY as today.
-//! Because every node derives the same rows, the rows are identical and the writes idempotent:
-//! messages are keyed by `created_ns`, users by `id`, sessions by `uuid`, contacts by
-//! `(user_a, user_b)` — all primary keys — and every insert is `INSERT … SELECT … FROM staging
-//! ON CONFLICT DO NOTHING` (updates and deletes are idempotent by nature: set the same value,
-//! delete what may already be gone). The table `log_position (stream TEXT PRIMARY KEY, seq BIGINT,
-//! created_ns BIGINT, user_id BIGINT)` (migration 0002) records how far the database holds the
-//! log: a node queues an `Op::LogPosition` after the ops of the entries it applied, so the batch
-//! that writes the position writes those entries too, and the row is raised (never lowered) to
-//! the furthest any node has *fully* written — each node writes every entry in order, so the
-//! furthest node's position has everything before it. A starting node loads PostgreSQL as
-//! today, then resumes from that position — with the sequencer resumed there
-//! (`Snapshot::log_positions`) — replaying the stream from `seq + 1` before it accepts
-//! connections. Entries it
-//! replays that another node wrote already are absorbed by the `ON CONFLICT DO NOTHING`.
+//! Every node writes what it applies through the same writer thread and binary COPY as on one
+//! server, but an applied entry's writes are queued as one [`Op::Logged`] with the position
+//! after the entry (the engine collects them while applying: `Engine::record_log_position`). The
+//! table `log_position (stream TEXT PRIMARY KEY, seq BIGINT, created_ns BIGINT, user_id BIGINT)`
+//! (migration 0002) records how far the database holds the log. A batch that holds entries
+//! first locks the stream's row (`SELECT … FOR UPDATE`, in its own transaction), then writes only
+//! the entries past the position it read, and raises the position to its last entry
+//! ([`crate::store::logged_writes`]). So whichever node's batch reaches an entry first writes its
+//! rows; every other node finds the position past it and skips it: each row is written once, the
+//! lock orders the nodes' batches, and the database always holds exactly the state after its
+//! position — never a lagging node's older write over a newer one (a session re-inserted after
+//! it was closed, say). A starting node loads PostgreSQL in one `REPEATABLE READ` snapshot (the
+//! state at its position) and resumes the log there with the sequencer resumed at that position
+//! (`Snapshot::log_positions`), replaying from `seq + 1` before it accepts connections.
+//!
+//! Not every write is an entry's: the writer's culling of expired messages in the store
+//! (`Store::cull_messages`) runs by the ticks' times, outside entries; it deletes only what every
+//! node's mailboxes drop at those ticks anyway.
 //!
 //! ## Retention
 //!
@@ -96,43 +91,24 @@
 //! ## Activity and culling agree across nodes
 //!
 //! A session polled only on node A must not be culled by node B, so activity goes through the
-//! log too, but in batches: each node publishes one `Touch { sessions }` a second with the
-//! sessions it served since the last one, and applying it sets their `last_active` to the entry's
-//! log time. Culling is a `Tick` entry (published by any node once a second; a redundant tick
-//! culls nothing new), and every node culls as of the tick's log time. The cost is that a
-//! session's activity is known cluster-wide a second late, far inside any sensible session TTL.
+//! log too, in batches: a poll, send or held request on a node only marks its session *served*
+//! there; each node publishes, once per interval (a quarter of the shorter TTL, 100 ms to 1 s:
+//! [`node::activity_interval`]), `Touch { sessions }` entries with the sessions it served or
+//! holds open since the last one, then a `Tick`. Applying a `Touch` sets those sessions'
+//! `last_active` to the entry's log time; applying a `Tick` culls idle sessions and old messages
+//! as of its log time. Every node applies every node's ticks (N nodes: N culling passes per
+//! interval on each; a redundant one culls nothing new). The cost is that a session's activity is
+//! known cluster-wide up to an interval late, far inside any sensible session TTL.
 //!
-//! # What is built, what is next
+//! # What is not done
 //!
-//! Built:
-//!
-//! - [`Command`], [`Sequencer`], [`Log`] (above).
-//! - `Engine::apply` (`engine/apply.rs`): every command applied from the engine's state, the
-//!   command and [`Applied`] alone, with the live paths' validation and errors; `Touch` sets
-//!   activity to the entry's time, `Tick` culls as of it (held polls do not spare a session in
-//!   cluster mode: they are one node's); writes go to the writer write-behind.
-//! - [`Applier`]: reads the log from a [`Position`], sequences and applies each entry, publishes
-//!   the position on a `watch` ([`ApplierHandle::wait_applied`]), and hands outcomes to
-//!   publishers by message id ([`ApplierHandle::expect`]; the id is the entry's `Nats-Msg-Id`).
-//!   A sequence error or an unreadable entry stops it, and every waiter is told.
-//!
-//! Next:
-//!
-//! 1. The engine's mutations, in cluster mode, go through the [`Publisher`] (built: retries
-//!    under one id, `PublishError::AlreadyApplied` for an id applied before) instead of
-//!    mutating locally: validate locally (4xx, `--send-rate`, the write queue's room), draw the
-//!    ids the command carries, write, answer with the outcome (503 on `NotStored`). Polls and held polls/streams in cluster mode must stop marking activity on the
-//!    local clock (`Engine::poll`, `Hold`'s release) and collect the sessions for the node's
-//!    once-a-second `Touch` instead; the local `Culler` thread must not run (ticks come from the
-//!    log: one node, or every node, publishes `Tick` once a second).
-//! 2. The applier queues `Op::LogPosition` after each applied entry (the stores and their
-//!    migration exist; the writer writes only the last of a batch); start-up loads PostgreSQL
-//!    and starts the applier from `Snapshot::log_positions`; `/readyz` is
-//!    503 until the applier has caught up with the log's end seen at start.
-//! 3. Only then the `--nats-url` / `--nats-stream` flags, `/readyz` reflecting the connection
-//!    and the applier, and the multi-node tests of the issue. Nodes must agree on the settings
-//!    applying depends on (`--max-users`, the per-user caps, both TTLs, the mailbox capacity):
-//!    a node should refuse to start when they differ from those recorded with the stream.
+//! - Nodes must run with the same TTLs, mailbox capacity and caps (`Engine::apply` decides by
+//!   them); nothing checks that yet — a node could record them with the stream and refuse to
+//!   start when they differ.
+//! - Every node applies every write: write throughput is one stream's and one apply loop's, and
+//!   does not grow with nodes (README, "How far one stream goes, and past it").
+//! - A `Tick` culls on the applier task: with very many sessions, applying it delays the entries
+//!   behind it by the pass's time.
 
 pub mod applier;
 pub mod command;

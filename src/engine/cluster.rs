@@ -143,7 +143,12 @@ impl Engine {
     }
 
     /// `add_contact` / `remove_contact` in cluster mode.
-    pub(super) async fn clustered_contact(&self, session: &Session, user_id: i64, add: bool) -> Result<(), EngineError> {
+    pub(super) async fn clustered_contact(
+        &self,
+        session: &Session,
+        user_id: i64,
+        add: bool,
+    ) -> Result<(), EngineError> {
         if !self.is_live(session) {
             return Err(EngineError::NoSuchSession);
         }
@@ -189,14 +194,14 @@ impl Engine {
 
     /// Before a request that names `uuid`: in cluster mode, a session this node does not know
     /// may have been opened through another node an instant ago, so the node first catches up
-    /// with the log's end (at most [`SYNC_WAIT`]). Otherwise (and on one server) at once.
+    /// with the log's end (at most `SYNC_WAIT`, 2 s). Otherwise (and on one server) at once.
     pub async fn expect_session(&self, uuid: SessionId) {
         if self.config.cluster && self.session(uuid).is_err() {
             self.sync().await;
         }
     }
 
-    /// Cluster mode: waits (at most [`SYNC_WAIT`]) until this node has applied every entry the
+    /// Cluster mode: waits (at most `SYNC_WAIT`, 2 s) until this node has applied every entry the
     /// log holds now. Without a link, or when NATS does not answer, it returns at once.
     pub async fn sync(&self) {
         let Some(link) = self.cluster.get() else { return };
