@@ -22,11 +22,14 @@ use tokio::sync::Semaphore;
 
 use crate::api::{Cursor, Envelope, Message, Session, User};
 
-/// A chatbus client for `http://host:port` (no TLS: the kit only ever targets loopback).
+/// A chatbus client for `http://host:port` (no TLS: the kit only ever targets loopback) — or for
+/// several, comma-separated (the nodes of a cluster), which its requests then go to in turn.
 #[derive(Clone)]
 pub struct Api {
     client: Client<HttpConnector, Full<Bytes>>,
-    base: Arc<str>,
+    bases: Arc<[Arc<str>]>,
+    /// The next base a request goes to (round-robin), shared by the clones.
+    next: Arc<std::sync::atomic::AtomicUsize>,
     permits: Arc<Semaphore>,
     timeout: Duration,
 }
@@ -65,21 +68,28 @@ impl Api {
             .build(connector);
         Api {
             client,
-            base: base.trim_end_matches('/').into(),
+            bases: base.split(',').map(|b| Arc::from(b.trim().trim_end_matches('/'))).collect(),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             timeout,
         }
     }
 
-    /// The base URL, without a trailing slash.
+    /// The (first) base URL, without a trailing slash.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[0]
+    }
+
+    /// The base the next request goes to.
+    fn pick(&self) -> &str {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[n % self.bases.len()]
     }
 
     /// Sends one request and reads the whole answer, whatever its status.
     pub async fn request(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Answer> {
         let _permit = self.permits.acquire().await.context("client closed")?;
-        let mut req = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
+        let mut req = Request::builder().method(method.clone()).uri(format!("{}{path}", self.pick()));
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
@@ -179,9 +189,9 @@ impl Api {
         let answer = self
             .request(Method::GET, "/", None)
             .await
-            .with_context(|| format!("is chatbus listening at {}?", self.base))?;
+            .with_context(|| format!("is chatbus listening at {}?", self.base()))?;
         if answer.status != StatusCode::OK {
-            bail!("GET {}/ answered {}", self.base, answer.status);
+            bail!("GET {}/ answered {}", self.base(), answer.status);
         }
         Ok(())
     }

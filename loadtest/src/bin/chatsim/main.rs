@@ -101,7 +101,8 @@ impl Transport {
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The running chatbus.
+    /// The running chatbus; or a cluster's nodes, comma-separated: requests, and each new stream
+    /// or socket connection, go to them in turn (so a user's polls land on different nodes).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// How users receive: poll, longpoll, sse or ws (ws also sends over the socket).
@@ -357,7 +358,8 @@ fn start_receivers(args: &Args, api: &Api, world: &Arc<World>) -> Result<(Users,
     // Long-polls: one request, so one connection, in flight per user, outside the sends' pool.
     let long_polls = Api::new(&args.url, m, args.wait + args.timeout);
     let dial = Arc::new(Dial {
-        target: Target::parse(&args.url)?,
+        targets: Target::parse_all(&args.url)?,
+        next: std::sync::atomic::AtomicUsize::new(0),
         handshakes: tokio::sync::Semaphore::new(args.connections.max(1)),
         timeout: args.timeout,
     });

@@ -39,7 +39,12 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// From `--url` (`http://host[:port]`).
+    /// Every URL of `--url` (`http://host[:port]`, comma-separated for a cluster's nodes).
+    pub(crate) fn parse_all(urls: &str) -> Result<Vec<Target>> {
+        urls.split(',').map(|u| Target::parse(u.trim())).collect()
+    }
+
+    /// From one URL of `--url` (`http://host[:port]`).
     pub(crate) fn parse(url: &str) -> Result<Target> {
         let uri: Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
         if uri.scheme_str() != Some("http") {
@@ -55,7 +60,10 @@ impl Target {
 
 /// What every stream and socket task shares besides the world.
 pub(crate) struct Dial {
-    pub(crate) target: Target,
+    /// Where to connect: each connection goes to the next (a cluster's nodes in turn, so a
+    /// reconnecting stream resumes on another node).
+    pub(crate) targets: Vec<Target>,
+    pub(crate) next: std::sync::atomic::AtomicUsize,
     /// Bounds the connects and handshakes in flight (`--connections`), so 10,000 users do not
     /// overflow the server's accept backlog at once.
     pub(crate) handshakes: Semaphore,
@@ -64,11 +72,17 @@ pub(crate) struct Dial {
 }
 
 impl Dial {
-    /// A TCP connection to the target with `TCP_NODELAY` (a chat message is one small write).
-    async fn tcp(&self) -> Result<TcpStream> {
-        let tcp = TcpStream::connect(&self.target.authority)
+    /// The target the next connection goes to.
+    fn pick(&self) -> &Target {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.targets[n % self.targets.len()]
+    }
+
+    /// A TCP connection to `target` with `TCP_NODELAY` (a chat message is one small write).
+    async fn tcp(&self, target: &Target) -> Result<TcpStream> {
+        let tcp = TcpStream::connect(&target.authority)
             .await
-            .with_context(|| format!("connecting to {}", self.target.authority))?;
+            .with_context(|| format!("connecting to {}", target.authority))?;
         tcp.set_nodelay(true)?;
         Ok(tcp)
     }
@@ -292,12 +306,13 @@ impl Drop for Stream {
 /// `GET /api/stream/:session` on a connection of its own, from `last_event_id` if any.
 async fn open_stream(dial: &Dial, session: &str, last_event_id: Option<&str>) -> Result<Stream> {
     let path = format!("/api/stream/{session}");
-    let tcp = dial.tcp().await?;
+    let target = dial.pick();
+    let tcp = dial.tcp(target).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = Request::get(&path).header(HOST, &dial.target.host).header(ACCEPT, "text/event-stream");
+    let mut req = Request::get(&path).header(HOST, &target.host).header(ACCEPT, "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
@@ -475,9 +490,10 @@ pub(crate) async fn ws_user(
             Some(p) => format!("/api/ws/{session}?cursor={}", p.event_id()),
             None => format!("/api/ws/{session}"),
         };
-        let url = format!("ws://{}{path}", dial.target.host);
+        let target = dial.pick();
+        let url = format!("ws://{}{path}", target.host);
         let open = async {
-            let tcp = dial.tcp().await?;
+            let tcp = dial.tcp(target).await?;
             let (ws, _) =
                 tokio_tungstenite::client_async(url.as_str(), tcp).await.with_context(|| format!("GET {path}"))?;
             Ok::<_, anyhow::Error>(ws)
