@@ -63,6 +63,20 @@ pub enum StartError {
     /// `--nats-url` with a store the nodes cannot share.
     #[error("--nats-url needs a postgres:// --database-url shared by every node (got {0})")]
     ClusterStore(String),
+    /// This node's settings differ from those the cluster's first node recorded.
+    #[error(
+        "this node's settings differ from those of the cluster on stream {stream}: it has {mine}, the cluster \
+         {recorded} (every node must apply the log alike; to change them, stop every node and delete the row of \
+         table cluster_settings)"
+    )]
+    ClusterSettings {
+        /// The `--nats-stream`.
+        stream: String,
+        /// This node's.
+        mine: String,
+        /// The cluster's.
+        recorded: String,
+    },
     /// The cluster's log could not be joined.
     #[error("cannot join the cluster log {stream} at {url}: {reason}")]
     Cluster {
@@ -119,22 +133,33 @@ impl Server {
         let options = StoreOptions { durable: config.durable_acks, connect_timeout: config.connect_timeout };
         let metrics = Arc::new(Metrics::new(&router::metric_labels()));
         let spill_dir = config.spill_dir();
+        // Cluster mode: the settings applying the log depends on, which every node must share.
+        let settings = config.nats_url.as_ref().map(|_| (config.nats_stream.clone(), cluster::node::settings(config)));
         let opened = tokio::task::spawn_blocking({
-            let (metrics, spill_dir) = (metrics.clone(), spill_dir.clone());
+            let (metrics, spill_dir, settings) = (metrics.clone(), spill_dir.clone(), settings.clone());
             move || {
                 let mut store = store::open(&url, &options)?;
                 store.probe().map_err(|e| {
                     store::StoreError::new(e.kind(), format!("the store opened but cannot be written: {e}"))
                 })?;
+                let recorded = match &settings {
+                    Some((stream, mine)) => Some(store.agree_settings(stream, mine)?),
+                    None => None,
+                };
                 writer::replay_spills(&spill_dir, &mut *store, metrics)?;
                 let snapshot = store.load()?;
-                Ok::<_, store::StoreError>((store, snapshot))
+                Ok::<_, store::StoreError>((store, snapshot, recorded))
             }
         })
         .await
         .map_err(|e| StartError::Thread(std::io::Error::other(e.to_string())))?;
-        let (store, snapshot) =
+        let (store, snapshot, recorded) =
             opened.map_err(|source| StartError::Store { url: hide_password(&config.database_url), source })?;
+        if let (Some((stream, mine)), Some(recorded)) = (&settings, recorded) {
+            if *mine != recorded {
+                return Err(StartError::ClusterSettings { stream: stream.clone(), mine: mine.clone(), recorded });
+            }
+        }
         let kind = store.kind();
 
         let writer_config =

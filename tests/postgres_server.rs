@@ -407,3 +407,37 @@ async fn postgres_unreachable_at_start() {
     bin.stop().await;
     assert_exactly(&postgres_messages(&cluster.url()).await, &HashSet::from([uuid_of(&m)]), "after the wait");
 }
+
+/// Cluster mode: every node must apply the log with the same TTLs, mailbox capacity and caps. The
+/// first node to start records its settings in the database; a node that differs refuses to
+/// start, in one line naming both. (No NATS is needed to see it: the check comes before joining
+/// the log, which then fails here, on a port where nothing listens.)
+#[test]
+fn a_cluster_node_with_other_settings_refuses_to_start() {
+    let db = TestDb::create();
+    let args = |ttl: &'static str| {
+        vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db.url(),
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--session-ttl",
+            ttl,
+        ]
+    };
+    // Gets past the check (the log's info lines come first), then cannot reach NATS.
+    let past_the_check = |ttl| {
+        let out = support::binary::run(&args(ttl));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(last.contains("cannot join the cluster log"), "{stderr}");
+    };
+    past_the_check("5m");
+    let other = support::binary::run_to_error(&args("10m"));
+    assert!(other.contains("settings differ"), "{other}");
+    assert!(other.contains("--session-ttl 10m") && other.contains("--session-ttl 5m"), "{other}");
+    past_the_check("5m");
+}

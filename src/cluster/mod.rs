@@ -100,11 +100,14 @@
 //! interval on each; a redundant one culls nothing new). The cost is that a session's activity is
 //! known cluster-wide up to an interval late, far inside any sensible session TTL.
 //!
+//! # Settings every node shares
+//!
+//! `Engine::apply` decides by the TTLs, the mailbox capacity and the caps, so every node must run
+//! with the same: the first node records them in the database (`cluster_settings`, migration
+//! 0003; [`node::settings`]), and a node whose settings differ refuses to start.
+//!
 //! # What is not done
 //!
-//! - Nodes must run with the same TTLs, mailbox capacity and caps (`Engine::apply` decides by
-//!   them); nothing checks that yet — a node could record them with the stream and refuse to
-//!   start when they differ.
 //! - Every node applies every write: write throughput is one stream's and one apply loop's, and
 //!   does not grow with nodes (README, "How far one stream goes, and past it").
 //! - A `Tick` culls on the applier task: with very many sessions, applying it delays the entries

@@ -36,6 +36,22 @@ pub fn activity_interval(session_ttl: Duration, message_ttl: Duration) -> Durati
     (session_ttl.min(message_ttl) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
+/// The settings applying the log depends on (`Engine::apply`), as one line: every node must
+/// run with the same (the store records the first node's, and a node that differs refuses to
+/// start).
+pub fn settings(config: &Config) -> String {
+    format!(
+        "--session-ttl {} --message-ttl {} --mailbox-capacity {} --max-users {} --max-sessions-per-user {} \
+         --max-contacts-per-user {}",
+        humantime::format_duration(config.session_ttl),
+        humantime::format_duration(config.message_ttl),
+        config.mailbox_capacity,
+        config.max_users,
+        config.max_sessions_per_user,
+        config.max_contacts_per_user
+    )
+}
+
 impl Node {
     /// Joins `engine`, restored from a store holding `positions`, to the cluster log at `url`
     /// (see the module doc).

@@ -26,6 +26,11 @@ pub struct Migration {
 pub const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("../../migrations/sqlite/0001_init.sql") },
     Migration { version: 2, name: "log_position", sql: include_str!("../../migrations/sqlite/0002_log_position.sql") },
+    Migration {
+        version: 3,
+        name: "cluster_settings",
+        sql: include_str!("../../migrations/sqlite/0003_cluster_settings.sql"),
+    },
 ];
 
 /// The PostgreSQL migrations, oldest first.
@@ -35,6 +40,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "log_position",
         sql: include_str!("../../migrations/postgres/0002_log_position.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "cluster_settings",
+        sql: include_str!("../../migrations/postgres/0003_cluster_settings.sql"),
     },
 ];
 

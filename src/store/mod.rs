@@ -309,6 +309,14 @@ pub trait Store: Send {
     /// Cheap check that the store is reachable (for `/readyz` after a failure).
     fn ping(&mut self) -> Result<(), StoreError>;
 
+    /// Cluster mode: records `settings` as those of `stream`'s cluster unless settings are
+    /// recorded already, and returns what is recorded then — the first node's (see
+    /// `crate::cluster::node`). A store no cluster can share (`memory:`) records nothing.
+    fn agree_settings(&mut self, stream: &str, settings: &str) -> Result<String, StoreError> {
+        let _ = stream;
+        Ok(settings.to_owned())
+    }
+
     /// Proves the store writable: commits a write (one that changes nothing a reader sees). A
     /// store that opens but cannot be written (a read-only file, a read-only server) fails here,
     /// at start, instead of acknowledging writes it will never hold.

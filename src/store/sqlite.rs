@@ -252,6 +252,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn agree_settings(&mut self, stream: &str, settings: &str) -> Result<String, StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO cluster_settings (stream, settings) VALUES (?1, ?2) ON CONFLICT (stream) DO NOTHING",
+            params![stream, settings],
+        )?;
+        let recorded: String =
+            tx.query_row("SELECT settings FROM cluster_settings WHERE stream = ?1", [stream], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(recorded)
+    }
+
     fn probe(&mut self) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(migrations::PROBE, [])?;

@@ -144,6 +144,8 @@ fn op_id(op: &Op) -> String {
         Op::RemoveContact { a, b } => format!("remove contact {a}-{b}"),
         Op::Message(m) => format!("message {:032x}", m.uuid),
         Op::Watermark { user_id, .. } => format!("watermark of user {user_id}"),
-        Op::Logged { stream, position, ops } => format!("entry {} of log {stream} ({} writes)", position.seq, ops.len()),
+        Op::Logged { stream, position, ops } => {
+            format!("entry {} of log {stream} ({} writes)", position.seq, ops.len())
+        }
     }
 }

@@ -240,6 +240,20 @@ impl Store for PostgresStore {
             conn.client.execute(migrations::PROBE, &[]).await.map(drop)
         })
     }
+
+    fn agree_settings(&mut self, stream: &str, settings: &str) -> Result<String, StoreError> {
+        self.call("recording the cluster's settings", Some(OP_TIMEOUT), async |conn| {
+            conn.client
+                .execute(
+                    "INSERT INTO cluster_settings (stream, settings) VALUES ($1, $2) ON CONFLICT (stream) DO NOTHING",
+                    &[&stream, &settings],
+                )
+                .await?;
+            let row =
+                conn.client.query_one("SELECT settings FROM cluster_settings WHERE stream = $1", &[&stream]).await?;
+            row.try_get::<_, String>(0)
+        })
+    }
 }
 
 impl Drop for PostgresStore {
