@@ -2,8 +2,9 @@
 //!
 //! - [`Log::open`] connects (to one or more comma-separated URLs: with a NATS cluster, give them
 //!   all, and the client fails over between them) and creates the stream if it is missing, with
-//!   one subject (`<stream>.log`), file storage, `max_age` (the retention, `--message-ttl`), the
-//!   replica count, and the duplicate window.
+//!   one subject (`<stream>.log`), file storage, `max_age` (nodes make it with none: they trim
+//!   it themselves with [`Log::trim_through`], see `node`), the replica count, and the duplicate
+//!   window.
 //! - [`Log::publish`] appends a command under a message id (`Nats-Msg-Id`) and returns once
 //!   JetStream acknowledged it — stored, and with replicas on a quorum of them — with its stream
 //!   sequence. Within the duplicate window a second publish with the same id is not stored again:
@@ -33,7 +34,8 @@ use tokio::sync::watch;
 /// How the stream is made when it does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
-    /// How long the stream keeps an entry (`--message-ttl`; zero: forever).
+    /// How long the stream keeps an entry (zero: until [`Log::trim_through`] removes it, which
+    /// is how nodes run it: an age limit would also drop entries the store does not hold yet).
     pub max_age: Duration,
     /// How many NATS servers hold a copy (1, or 3 on a 3-server NATS cluster).
     pub replicas: usize,
@@ -210,6 +212,19 @@ impl Log {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(LogError::Timeout(self.timeout)),
         }
+    }
+
+    /// Removes every entry up to and including `seq` from the stream (a JetStream purge below
+    /// `seq + 1`) and returns how many went. Only for entries the store holds and no node still
+    /// has to read: the nodes trim the stream this way instead of letting it expire entries by
+    /// age (see `node`'s retention). Entries removed already are no matter.
+    pub async fn trim_through(&self, seq: u64) -> Result<u64, LogError> {
+        let stream = self.stream().await?;
+        let purged = tokio::time::timeout(self.timeout, stream.purge().sequence(seq.saturating_add(1)))
+            .await
+            .map_err(|_| LogError::Timeout(self.timeout))?
+            .map_err(|e| self.request_error(e))?;
+        Ok(purged.purged)
     }
 
     /// The log's first and last sequence numbers now.

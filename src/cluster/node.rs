@@ -7,12 +7,26 @@
 //! asked, and only then hand the engine its [`ClusterLink`] and start publishing this node's
 //! session activity. The server accepts connections after that: a node serves nothing older
 //! than the log it joined.
+//!
+//! **Retention.** The stream is made without an age limit, and the nodes trim it: every
+//! [`retention_interval`] each node reads the position PostgreSQL holds (`log_position`) and
+//! removes the entries up to the position it read at least `--message-ttl` (and at least
+//! `MIN_KEEP`, 10 s: longer than a publish retries under one id) before ([`Retention`]). So an
+//! entry leaves the stream only once the store holds it *and* it is older than the message TTL
+//! (a message that old has left every mailbox; a running node that far behind cannot catch up
+//! anyway). An age limit (`max_age`) alone would also drop entries the store does not hold yet:
+//! after every node crashed with its last writes unwritten (the store trails the
+//! acknowledgements) and stayed down longer than the TTL, no node could start again —
+//! acknowledged users, sessions and contacts in those entries would be lost, and the store's
+//! position would no longer fit the stream (`tests/cluster_nodes.rs` crashes the whole cluster
+//! while PostgreSQL lags, and restarts it after the TTL).
 
 use super::{resume_position, Applier, ApplierError, Log, LogConfig, Position};
 use crate::config::Config;
 use crate::engine::{ClusterLink, Engine};
 use crate::server::StartError;
 use crate::store::LogPosition;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -22,12 +36,18 @@ use tokio::time::Instant;
 const NATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a message id is remembered for deduplication: far longer than a publish retries.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The youngest an entry may be when the nodes trim it, however short `--message-ttl`: longer
+/// than a write retries its publish under one id (`engine::cluster::PUBLISH_DEADLINE`, 5 s), so
+/// that a retry always finds the first publish still in the stream to be deduplicated against.
+const MIN_KEEP: Duration = Duration::from_secs(10);
 
-/// A node's cluster tasks: the applier, and the publisher of its session activity.
+/// A node's cluster tasks: the applier, the publisher of its session activity, and the
+/// trimming of the stream.
 #[derive(Debug)]
 pub struct Node {
     applier: JoinHandle<ApplierError>,
     activity: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 /// How often a node publishes the sessions it served and a tick: a quarter of the shorter TTL,
@@ -64,8 +84,9 @@ impl Node {
         let stream = config.nats_stream.as_str();
         let fail = |reason: String| StartError::Cluster { url: url.to_owned(), stream: stream.to_owned(), reason };
         let log_config = LogConfig {
-            // A message older than its TTL has left every mailbox; the rest is in PostgreSQL.
-            max_age: config.message_ttl,
+            // No age limit: the nodes trim the stream once the store holds what they remove
+            // (see the module doc).
+            max_age: Duration::ZERO,
             replicas: usize::from(config.nats_replicas),
             duplicate_window: DUPLICATE_WINDOW,
             timeout: NATS_TIMEOUT,
@@ -99,7 +120,7 @@ impl Node {
             }
         }
         tracing::info!(at = extent.last_seq, "caught up with the cluster log");
-        engine.join_cluster(ClusterLink::new(log, handle));
+        engine.join_cluster(ClusterLink::new(log.clone(), handle));
         let interval = activity_interval(config.session_ttl, config.message_ttl);
         let activity = tokio::spawn({
             let engine = engine.clone();
@@ -112,21 +133,113 @@ impl Node {
                 }
             }
         });
-        Ok(Self { applier, activity })
+        let retention = tokio::spawn(trim(log, config.database_url.clone(), config.message_ttl));
+        Ok(Self { applier, activity, retention })
     }
 
-    /// Stops publishing and applying: what was applied is queued to the store already.
+    /// Stops publishing, trimming and applying: what was applied is queued to the store already.
     pub async fn stop(self) {
         self.activity.abort();
+        self.retention.abort();
         self.applier.abort();
         let _ = self.activity.await;
+        let _ = self.retention.await;
         let _ = self.applier.await;
     }
 }
 
+/// How often a node reads the store's position and trims the stream, for entries kept `keep`:
+/// a quarter of that, between 1 s and 1 min.
+pub fn retention_interval(keep: Duration) -> Duration {
+    (keep / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Which entries may leave the stream (see the module doc): those up to a position the store
+/// held at least `keep` (the message TTL) ago.
+#[derive(Debug)]
+pub struct Retention {
+    keep: Duration,
+    /// The store's positions as read, oldest first: at most one older than `keep` is kept.
+    seen: VecDeque<(Instant, u64)>,
+    /// How far the stream was trimmed by this node.
+    trimmed: u64,
+}
+
+impl Retention {
+    /// Nothing seen, nothing trimmed.
+    pub fn new(keep: Duration) -> Self {
+        Self { keep, seen: VecDeque::new(), trimmed: 0 }
+    }
+
+    /// The store held the log up to `seq` at `at`.
+    pub fn saw(&mut self, at: Instant, seq: u64) {
+        self.seen.push_back((at, seq));
+    }
+
+    /// The entry up to which the stream may be trimmed at `now`, if that is further than it was.
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        let old_enough = |at: Instant| now.saturating_duration_since(at) >= self.keep;
+        while self.seen.len() > 1 && old_enough(self.seen[1].0) {
+            self.seen.pop_front();
+        }
+        let &(at, seq) = self.seen.front()?;
+        (old_enough(at) && seq > self.trimmed).then_some(seq)
+    }
+
+    /// The stream was trimmed up to `seq`.
+    pub fn trimmed(&mut self, seq: u64) {
+        self.trimmed = self.trimmed.max(seq);
+    }
+}
+
+/// The node's retention task (see the module doc): reads the store's position every
+/// [`retention_interval`] and trims the stream up to the position read a message TTL (at least
+/// [`MIN_KEEP`]) before. A failed read or trim is logged and tried again at the next round.
+async fn trim(log: Log, database_url: String, message_ttl: Duration) {
+    let keep = message_ttl.max(MIN_KEEP);
+    let mut retention = Retention::new(keep);
+    let mut rounds = tokio::time::interval(retention_interval(keep));
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        rounds.tick().await;
+        match stored_seq(&database_url, log.stream_name()).await {
+            Ok(seq) => retention.saw(Instant::now(), seq),
+            Err(e) => tracing::warn!("cannot read the store's log position to trim the cluster log: {e}"),
+        }
+        let Some(through) = retention.due(Instant::now()) else { continue };
+        match log.trim_through(through).await {
+            Ok(removed) => {
+                tracing::debug!(through, removed, "trimmed the cluster log");
+                retention.trimmed(through);
+            }
+            Err(e) => tracing::warn!("cannot trim the cluster log: {e}"),
+        }
+    }
+}
+
+/// The position the store at `database_url` holds for `stream` (0: none yet), over a connection
+/// of its own.
+async fn stored_seq(database_url: &str, stream: &str) -> Result<u64, String> {
+    const LIMIT: Duration = Duration::from_secs(5);
+    let config: tokio_postgres::Config = database_url.parse().map_err(|e| format!("{e}"))?;
+    let read = async {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let row = client.query_opt("SELECT seq FROM log_position WHERE stream = $1", &[&stream]).await;
+        drop(client);
+        let _ = connection.await;
+        row
+    };
+    let row = tokio::time::timeout(LIMIT, read)
+        .await
+        .map_err(|_| format!("no answer within {LIMIT:?}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+}
+
 /// Whether a store at `from` can go on with a stream holding `first..=last`: it must not be past
 /// the stream's end (a stream made anew under the same name) nor before its start (entries it
-/// lacks expired from the stream).
+/// lacks were removed from the stream).
 fn check_fits(from: Position, first: u64, last: u64) -> Result<(), String> {
     if from.seq > last {
         Err(format!(
@@ -137,7 +250,7 @@ fn check_fits(from: Position, first: u64, last: u64) -> Result<(), String> {
     } else if from.seq + 1 < first {
         Err(format!(
             "the store holds this log up to entry {} but the stream starts at {first}: the entries in between \
-             expired from the stream (older than --message-ttl) and cannot be replayed",
+             are gone from the stream (expired or purged) and cannot be replayed",
             from.seq
         ))
     } else {
@@ -161,6 +274,26 @@ mod tests {
         assert!(check_fits(at(5), 3, 10).is_ok());
         assert!(check_fits(at(5), 7, 10).unwrap_err().contains("expired"));
         assert!(check_fits(at(11), 1, 10).unwrap_err().contains("made anew"));
+    }
+
+    #[test]
+    fn the_stream_is_trimmed_only_up_to_what_the_store_held_a_ttl_ago() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut r = Retention::new(s(10));
+        assert_eq!(r.due(t0), None, "nothing seen");
+        r.saw(t0, 100);
+        assert_eq!(r.due(t0 + s(9)), None, "the store held 100 for less than the TTL");
+        r.saw(t0 + s(5), 150);
+        assert_eq!(r.due(t0 + s(10)), Some(100));
+        r.trimmed(100);
+        assert_eq!(r.due(t0 + s(12)), None, "trimmed that far already");
+        r.saw(t0 + s(12), 150);
+        assert_eq!(r.due(t0 + s(15)), Some(150), "the newest position a TTL old");
+        r.trimmed(150);
+        assert_eq!(r.due(t0 + s(30)), None, "the store did not move on");
+        assert_eq!(retention_interval(s(300)), s(60));
+        assert_eq!(retention_interval(s(2)), s(1));
     }
 
     #[test]

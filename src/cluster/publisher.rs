@@ -8,7 +8,8 @@
 //!    resends what it buffered across a reconnect), and the stream's duplicate window makes the
 //!    retry store nothing twice. Retries stop at the deadline: the write then answers 503 and its
 //!    effect is unknown — exactly what a client already handles for a lost answer (it retries
-//!    with its own id, or reads back).
+//!    with its own id, or reads back). The deadline bounds the whole: a try that would outlast
+//!    it is cut short.
 //! 3. Wait for the outcome the applier hands over once it applied the entry.
 //!
 //! A publish acknowledged as a *duplicate* names the entry of the first publish with that id.
@@ -69,7 +70,10 @@ impl Publisher {
         let outcome = self.applier.expect(msg_id);
         let mut pause = FIRST_PAUSE;
         let stored = loop {
-            match self.log.publish(msg_id, command).await {
+            // The last try gets only what is left of the deadline, not a whole request timeout.
+            let left = self.deadline.saturating_sub(started.elapsed());
+            let tried = tokio::time::timeout(left, self.log.publish(msg_id, command)).await;
+            match tried.unwrap_or(Err(LogError::Timeout(left))) {
                 Ok(stored) => break stored,
                 Err(e) if started.elapsed() + pause >= self.deadline => {
                     self.applier.forget(msg_id);

@@ -12,6 +12,7 @@
 //!   PostgreSQL cluster for tests that stop or crash PostgreSQL itself.
 //! - [`nats`]: NATS servers of the test's own ([`nats::Nats`]) and a 3-server NATS cluster
 //!   ([`nats::NatsCluster`]), to crash and restart, for the cluster tests.
+//! - [`nodes`]: chatbus nodes of one cluster on NATS and PostgreSQL, and load spread over them.
 //! - [`load`]: concurrent senders and a polling client, for the load and fault tests.
 //! - [`raw`]: a raw HTTP/1.1 connection, for keep-alive, pipelining and framing.
 //! - [`timestamp`]: the one timestamp parser (RFC 3339 through the `time` crate) and cursors.
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod contract;
 pub mod load;
 pub mod nats;
+pub mod nodes;
 pub mod pg;
 pub mod raw;
 pub mod server;

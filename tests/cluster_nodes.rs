@@ -1,0 +1,631 @@
+//! Several chatbus nodes as one server (cluster mode, `--nats-url`): the real binary, on a NATS
+//! JetStream of the test's own (never the machine's on 4222) and a PostgreSQL database of the
+//! test's own, as an operator runs them.
+//!
+//! What a user relies on, whichever node a request lands on: every acknowledged message reaches
+//! its receiver exactly once, in order, with the `created_utc` it was acknowledged with —
+//! polling round-robin over the nodes with the cursor, or streaming from yet another node; every
+//! node answers alike once it caught up; PostgreSQL holds each acknowledged message exactly once.
+//! User ids are unique and one per uuid however many nodes create it at once. And that holds
+//! through a node SIGKILLed mid-load (and restarted), every node SIGKILLed at once while
+//! PostgreSQL trails the log (and the whole cluster down for longer than `--message-ttl`), a node
+//! joining late, the NATS server SIGKILLed and restarted (writes answer 503 meanwhile, polls go
+//! on from memory), and the stream's leader lost in a 3-server NATS cluster. Sessions and
+//! messages expire by the log's ticks, alike on every node.
+//!
+//! A send that got no answer, or a 503, may or may not have been logged (the publish may have
+//! been stored before the answer was lost): such a message may reach the receiver, but only
+//! once, and only if it was sent ([`Sent::unknown`]).
+
+mod support;
+
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use support::binary::{free_port, run_to_error};
+use support::client::{err, Api};
+use support::contract::uuid_of;
+use support::nats::{Nats, NatsCluster};
+use support::nodes::{
+    assert_nodes_agree, assert_received, pg_messages, wait_received, Nodes, Ring, RoundRobin, Senders, Sent, Sse,
+    STREAM,
+};
+use support::pg::TestDb;
+use support::store::{assert_exactly, postgres_rows};
+use support::wait::{blocking, wait_until};
+
+/// How many senders the load has.
+const SENDERS: usize = 8;
+/// How long receivers may take to get every acknowledged message once the load stopped.
+const DELIVERY_LIMIT: Duration = Duration::from_secs(15);
+/// How long nodes may take to agree once the load stopped.
+const AGREE_LIMIT: Duration = Duration::from_secs(15);
+
+/// The receiver and the senders: users created through node `create_on`, their sessions
+/// opened through node `open_on` right after (the log orders the two).
+struct Party {
+    receiver: i64,
+    receiver_session: String,
+    senders: Vec<String>,
+}
+
+impl Party {
+    async fn create(create_on: &Api, open_on: &Api) -> Self {
+        let receiver = create_on.user("receiver").await;
+        let mut ids = Vec::new();
+        for i in 0..SENDERS {
+            ids.push(create_on.user(&format!("sender-{i}")).await);
+        }
+        let receiver_session = open_on.session(receiver).await;
+        let mut senders = Vec::new();
+        for id in ids {
+            senders.push(open_on.session(id).await);
+        }
+        Self { receiver, receiver_session, senders }
+    }
+}
+
+/// PostgreSQL's `messages` hold exactly what the nodes show (the receiver's whole mailbox:
+/// every message goes to the receiver), each once; that is every acknowledged message, plus at
+/// most sends whose effect was unknown.
+async fn assert_postgres_holds(db: &TestDb, mailbox: &[Value], sent: &Sent) {
+    let shown: HashSet<String> = mailbox.iter().map(uuid_of).collect();
+    assert_eq!(shown.len(), mailbox.len(), "a message twice in the mailbox");
+    let rows = pg_messages(db.url(), shown.len()).await;
+    assert_exactly(&rows, &shown, "PostgreSQL's messages against the nodes' mailbox");
+    let acked = sent.acked_uuids();
+    assert!(acked.is_subset(&shown), "every acknowledged message is stored");
+    assert!(shown.len() - acked.len() <= sent.unknown.len(), "only sends of unknown effect beyond the acknowledged");
+}
+
+/// Waits until every receiver holds every acknowledged message, stops them, and checks what
+/// each got (see [`assert_received`]); returns what the poller got.
+async fn receivers_got_everything(poller: RoundRobin, streams: Vec<Sse>, sent: &Sent) -> Vec<Value> {
+    let acked = sent.acked_uuids();
+    wait_received("the round-robin poller", &acked, DELIVERY_LIMIT, || poller.uuids()).await;
+    for (i, sse) in streams.iter().enumerate() {
+        wait_received(&format!("SSE stream {i}"), &acked, DELIVERY_LIMIT, || sse.uuids()).await;
+    }
+    let polled = poller.finish().await;
+    assert_received("the round-robin poller", &polled, sent);
+    for (i, sse) in streams.into_iter().enumerate() {
+        assert_received(&format!("SSE stream {i}"), &sse.finish().await, sent);
+    }
+    polled
+}
+
+/// A lock on a table of the test's database, held by a transaction of the test's own: the
+/// nodes' writes to it wait (the nodes go on acknowledging: their writes trail anyway).
+struct TableLock {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl TableLock {
+    /// `LOCK TABLE table IN SHARE MODE`: reads go on, writes wait.
+    async fn take(url: &str, table: &str) -> Self {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN SHARE MODE")).await.expect("lock");
+        Self { client, connection }
+    }
+
+    async fn release(self) {
+        self.client.batch_execute("ROLLBACK").await.expect("unlock");
+        drop(self.client);
+        let _ = self.connection.await;
+    }
+}
+
+async fn start_nats() -> Nats {
+    blocking(Nats::start).await
+}
+
+async fn create_db() -> TestDb {
+    blocking(TestDb::create).await
+}
+
+/// Three nodes take the load, a fourth streams: users created on node 0 and their sessions
+/// opened on node 1 at once; 8 senders spread over nodes 0–2 send concurrently to one receiver,
+/// who polls nodes 0–2 in turn with the cursor and also streams over SSE from node 3. Every
+/// acknowledged message is received exactly once, in order, as acknowledged, by both; then all
+/// four nodes answer alike, and PostgreSQL holds exactly the acknowledged messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_deliver_every_acknowledged_message_once_in_order_and_agree() {
+    let started = Instant::now();
+    let (nats, db) = (start_nats().await, create_db().await);
+    let nodes = Nodes::start(4, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    // Opened on node 3 at once: that node learns of the session from the log.
+    let sse = Sse::open(nodes.addr(3), &party.receiver_session).await;
+    let three = Ring::of((0..3).map(|i| nodes.api(i)).collect());
+    let poller = RoundRobin::start(&three, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&three, &party.senders, party.receiver, Duration::ZERO);
+    senders.progress(1_500, Duration::from_secs(25), "from three nodes").await;
+    let sent = senders.finish().await;
+    assert_eq!((sent.unanswered, sent.unavailable), (0, 0), "every send acknowledged: nothing went wrong");
+    assert!(sent.acked.values().any(|a| a.node == 2), "node 2 took sends");
+
+    let polled = receivers_got_everything(poller, vec![sse], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    assert_eq!(agreed.messages, polled, "the mailbox from the start is what the poller got, in order");
+    assert_eq!(agreed.users.as_array().map(Vec::len), Some(SENDERS + 1), "{}", agreed.users);
+    assert_eq!(agreed.sessions.as_array().map(Vec::len), Some(SENDERS + 1), "{}", agreed.sessions);
+    let rows = pg_messages(db.url(), sent.acked.len()).await;
+    assert_exactly(&rows, &sent.acked_uuids(), "PostgreSQL's messages against the acknowledged");
+    nodes.stop().await;
+    eprintln!("{} messages over 4 nodes in {:?}", sent.acked.len(), started.elapsed());
+}
+
+/// The same users created through all three nodes at once get one id each, whichever node
+/// answered, and no two users share one; sessions opened for them through every node at once
+/// all open; then every node lists the same users and sessions, and PostgreSQL holds each user
+/// and session once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_created_through_every_node_at_once_get_one_id_each() {
+    const USERS: usize = 30;
+    let (nats, db) = (start_nats().await, create_db().await);
+    let nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let creating: Vec<_> = nodes
+        .apis()
+        .into_iter()
+        .map(|(i, api)| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for k in 0..USERS {
+                    // Each node in another order, so that creates of one uuid race.
+                    let uuid = format!("user-{}", (k + i * 7) % USERS);
+                    let user = api.create_user(&uuid, Some(&format!("User {uuid}"))).await;
+                    got.push((uuid, user["id"].as_i64().expect("an id")));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut ids: HashMap<String, HashSet<i64>> = HashMap::new();
+    for task in creating {
+        for (uuid, id) in task.await.expect("a creating task") {
+            ids.entry(uuid).or_default().insert(id);
+        }
+    }
+    assert_eq!(ids.len(), USERS);
+    assert!(ids.values().all(|set| set.len() == 1), "one id per uuid, whichever node answered: {ids:?}");
+    let unique: HashSet<i64> = ids.values().flatten().copied().collect();
+    assert_eq!(unique.len(), USERS, "no two users share an id: {ids:?}");
+
+    let opening: Vec<_> = nodes
+        .apis()
+        .into_iter()
+        .map(|(_, api)| {
+            let ids: Vec<i64> = unique.iter().copied().collect();
+            tokio::spawn(async move {
+                let mut sessions = Vec::new();
+                for id in ids {
+                    sessions.push(api.session(id).await);
+                }
+                sessions
+            })
+        })
+        .collect();
+    let mut sessions = HashSet::new();
+    for task in opening {
+        sessions.extend(task.await.expect("an opening task"));
+    }
+    assert_eq!(sessions.len(), 3 * USERS, "every session opened, each with an id of its own");
+
+    let some_session = sessions.iter().next().expect("a session").clone();
+    let agreed = assert_nodes_agree(&nodes, &some_session, AGREE_LIMIT).await;
+    let listed: HashSet<String> = agreed.sessions.as_array().expect("sessions").iter().map(uuid_of).collect();
+    assert_eq!(listed, sessions, "every node lists exactly the sessions opened");
+    let mut expected: Vec<String> =
+        ids.iter().map(|(uuid, id)| format!("{} {uuid}", id.iter().next().unwrap())).collect();
+    expected.sort_by_key(|row| row.split(' ').next().and_then(|id| id.parse::<i64>().ok()));
+    let users_sql = "SELECT id || ' ' || uuid FROM users ORDER BY id";
+    let sessions_sql = "SELECT replace(uuid::text, '-', '') FROM sessions";
+    wait_until("PostgreSQL to hold every user and session", Duration::from_secs(15), || async {
+        postgres_rows(db.url(), users_sql).await.len() >= USERS
+            && postgres_rows(db.url(), sessions_sql).await.len() >= 3 * USERS
+    })
+    .await;
+    assert_eq!(postgres_rows(db.url(), users_sql).await, expected, "PostgreSQL's users");
+    assert_exactly(&postgres_rows(db.url(), sessions_sql).await, &sessions, "PostgreSQL's sessions");
+    nodes.stop().await;
+}
+
+/// Sessions and messages expire by the log's ticks, alike on every node: a session polled only
+/// through node 0 stays open on every node, an idle one closes on every node, messages past
+/// their TTL leave every node's mailbox — and a node restarted meanwhile agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_messages_expire_alike_on_every_node() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(3, db.url(), &nats.url(), &["--session-ttl", "3s", "--message-ttl", "2s"]).await;
+    let (a, b) = (nodes.api(0).user("a").await, nodes.api(0).user("b").await);
+    let (kept, idle) = (nodes.api(1).session(a).await, nodes.api(1).session(b).await);
+    for i in 0..10 {
+        nodes.api(2).send(&idle, a, &format!("{i}")).await;
+    }
+    // The kept session is polled through node 0 only.
+    let polling = {
+        let (api, kept) = (nodes.api(0), kept.clone());
+        tokio::spawn(async move {
+            loop {
+                assert_eq!(api.get(&format!("/api/messages/{kept}")).await.status, 200, "the kept session is open");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let listed = |api: Api| async move { api.sessions().await.iter().map(uuid_of).collect::<Vec<_>>() };
+    let began = Instant::now();
+    loop {
+        let mut gone = 0;
+        for (i, api) in nodes.apis() {
+            let sessions = listed(api).await;
+            assert!(sessions.contains(&kept), "node {i} closed the session polled through node 0: {sessions:?}");
+            gone += usize::from(!sessions.contains(&idle));
+        }
+        if gone == 3 {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "the idle session did not close on every node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the idle session closed on every node {:?} after the last send", began.elapsed());
+    nodes.kill(2);
+    nodes.restart(2).await;
+    for (i, api) in nodes.apis() {
+        err(&api.get(&format!("/api/messages/{idle}")).await, 404, "session");
+        assert_eq!(listed(api).await, vec![kept.clone()], "node {i}");
+    }
+    wait_until("the messages to leave every mailbox", Duration::from_secs(10), || async {
+        let mut empty = true;
+        for (_, api) in nodes.apis() {
+            empty &= api.poll(&format!("/api/messages/{kept}")).await.1.is_empty();
+        }
+        empty
+    })
+    .await;
+    let agreed = assert_nodes_agree(&nodes, &kept, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], true, "the messages left: a gap from the start");
+    if polling.is_finished() {
+        // It polls until aborted: it panicked.
+        std::panic::resume_unwind(polling.await.expect_err("the kept session's poller").into_panic());
+    }
+    polling.abort();
+    nodes.stop().await;
+}
+
+/// A node SIGKILLed mid-load: the senders that were on it go on through the others, and nothing
+/// acknowledged is lost — the round-robin poller (which skips the dead node) and a stream from
+/// another node get every acknowledged message once. The node restarts with the same arguments
+/// while the load goes on, catches up, and then answers as the others do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_load_loses_nothing_acknowledged_and_catches_up_on_restart() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let sse = Sse::open(nodes.addr(2), &party.receiver_session).await;
+    let ring = nodes.ring();
+    // A stream on the node to be killed resumes on another with Last-Event-ID.
+    let resuming = Sse::open_resuming(&ring, 0, &party.receiver_session).await;
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::ZERO);
+    senders.progress(400, Duration::from_secs(20), "before the kill").await;
+
+    nodes.kill(0);
+    senders.progress(400, Duration::from_secs(20), "with node 0 killed").await;
+    let took = nodes.restart(0).await;
+    let back = Instant::now();
+    eprintln!("node 0 restarted and caught up in {took:?}");
+    senders.progress(400, Duration::from_secs(20), "with node 0 back").await;
+    let sent = senders.finish().await;
+    assert!(sent.acked.values().any(|a| a.node == 0 && a.at > back), "the restarted node took sends");
+
+    assert_eq!(resuming.reconnects(), 1, "the stream on the killed node resumed on another");
+    let polled = receivers_got_everything(poller, vec![sse, resuming], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let shown: HashSet<String> = agreed.messages.iter().map(uuid_of).collect();
+    assert!(polled.iter().all(|m| shown.contains(&uuid_of(m))), "the poller got nothing the nodes do not show");
+    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    eprintln!(
+        "{} acknowledged, {} without an answer, {} answered 503",
+        sent.acked.len(),
+        sent.unanswered,
+        sent.unavailable
+    );
+    nodes.stop().await;
+}
+
+/// Every node SIGKILLed at once mid-load while PostgreSQL lacks the last hundreds of
+/// acknowledged messages (the test holds a lock that stalls the nodes' writes, which trail the
+/// acknowledgements; a JetStream ack is the durability): restarted, the nodes replay the stream
+/// onto what PostgreSQL holds and serve every acknowledged message once — to a poller and to a
+/// stream that resumes across the restarts — and PostgreSQL gets each of them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_at_once_loses_nothing_acknowledged() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(2, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let ring = nodes.ring();
+    let resuming = Sse::open_resuming(&ring, 0, &party.receiver_session).await;
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::ZERO);
+    senders.progress(500, Duration::from_secs(20), "before PostgreSQL stalls").await;
+    let lock = TableLock::take(db.url(), "messages").await;
+    senders.progress(500, Duration::from_secs(20), "while PostgreSQL's writes stall").await;
+
+    nodes.kill(0);
+    nodes.kill(1);
+    let acked = senders.acked();
+    lock.release().await;
+    let stored = db.query_one_i64("SELECT count(*) FROM messages");
+    assert!(stored + 400 < i64::try_from(acked).unwrap(), "PostgreSQL lacks what was acknowledged last");
+    let took = (nodes.restart(0).await, nodes.restart(1).await);
+    eprintln!("{acked} acknowledged, {stored} in PostgreSQL when both nodes were killed; back after {took:?}");
+    senders.progress(300, Duration::from_secs(20), "after the restarts").await;
+    let sent = senders.finish().await;
+
+    assert!(resuming.reconnects() >= 1, "the stream resumed after the kill");
+    receivers_got_everything(poller, vec![resuming], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    assert_received("the mailbox from the start", &agreed.messages, &sent);
+    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    nodes.stop().await;
+}
+
+/// The whole cluster crashes while PostgreSQL trails the log (a lock held by the test stalls the
+/// nodes' writes; users and sessions created meanwhile are acknowledged: JetStream holds them),
+/// and stays down for longer than `--message-ttl`: the nodes start again — the stream still holds
+/// what the store lacks — and serve those users and sessions, and PostgreSQL gets them. Before
+/// that, while they run, the nodes trim the stream of what the store has held for a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_restarts_after_a_crash_and_an_outage_longer_than_the_message_ttl() {
+    const TTL: Duration = Duration::from_secs(2);
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(2, db.url(), &nats.url(), &["--message-ttl", "2s"]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    for i in 0..20 {
+        nodes.api(i % 2).send(&party.senders[i % SENDERS], party.receiver, "before").await;
+    }
+    // Entries stay at least 10 s, however short the TTL (longer than a publish retries).
+    wait_until("the nodes to trim the stream", Duration::from_secs(20), || async {
+        stream_state(&nats)["first_seq"].as_u64() > Some(20)
+    })
+    .await;
+
+    let lock = TableLock::take(db.url(), "users").await;
+    let mut late = Vec::new();
+    for k in 0..6 {
+        let api = nodes.api(k % 2);
+        let user = api.create_user(&format!("late-{k}"), Some("created while PostgreSQL stalls")).await;
+        let session = nodes.api((k + 1) % 2).open_session(user["id"].as_i64().expect("an id")).await;
+        late.push((user, session["uuid"].clone()));
+    }
+    nodes.kill(0);
+    nodes.kill(1);
+    let down = Instant::now();
+    lock.release().await;
+    let stored = db.query_one_i64("SELECT coalesce(max(seq), 0) FROM log_position");
+    let logged = stream_last_seq(&nats);
+    assert!(u64::try_from(stored).unwrap() < logged, "PostgreSQL ({stored}) trails the stream ({logged})");
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM users WHERE uuid LIKE 'late-%'"), 0, "PostgreSQL lacks them");
+
+    // Down for twice the TTL (an age limit on the stream would have dropped the entries).
+    tokio::time::sleep((2 * TTL).saturating_sub(down.elapsed())).await;
+    let took = (nodes.restart(0).await, nodes.restart(1).await);
+    eprintln!("PostgreSQL at entry {stored}, the stream at {logged}; back after {took:?}");
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    let (users, sessions) = (agreed.users.as_array().expect("users"), agreed.sessions.as_array().expect("sessions"));
+    for (user, session) in &late {
+        assert!(users.contains(user), "{user} is served after the restart: {users:?}");
+        assert!(sessions.iter().any(|s| s["uuid"] == *session), "session {session} is served after the restart");
+    }
+    wait_until("PostgreSQL to hold the users created while it stalled", Duration::from_secs(15), || async {
+        postgres_rows(db.url(), "SELECT uuid FROM users WHERE uuid LIKE 'late-%'").await.len() == late.len()
+    })
+    .await;
+    nodes.stop().await;
+}
+
+/// A node joining after thousands of messages (many log entries) loads PostgreSQL, replays the
+/// stream from the store's position while the load goes on, and then answers exactly as the
+/// others do. Prints how long it took to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_late_catches_up_from_postgres_and_the_stream() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(2, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let ring = nodes.ring();
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::ZERO);
+    senders.progress(4_000, Duration::from_secs(30), "before the late node").await;
+    // The load goes on while the late node loads PostgreSQL and replays the stream.
+    let stored = db.query_one_i64("SELECT coalesce(max(seq), 0) FROM log_position");
+    let logged = stream_last_seq(&nats);
+    let before = senders.acked();
+    let (late, took) = nodes.add().await;
+    eprintln!(
+        "a node joining after {before} messages (PostgreSQL at entry {stored}, the stream at {logged}) \
+         served after {took:?}"
+    );
+    senders.progress(300, Duration::from_secs(20), "after the late node joined").await;
+    let sent = senders.finish().await;
+    assert!(sent.unknown.is_empty(), "nothing went wrong, nothing unknown");
+    assert!(sent.acked.values().any(|a| a.node == late), "the late node took sends");
+
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let acked = sent.acked_uuids();
+    assert_exactly(&agreed.messages.iter().map(uuid_of).collect::<Vec<_>>(), &acked, "every node's mailbox");
+    assert_received("the mailbox from the start", &agreed.messages, &sent);
+    let (_, from_late) = nodes.api(late).poll(&format!("/api/messages/{}", party.receiver_session)).await;
+    assert_eq!(from_late, agreed.messages);
+    let rows = pg_messages(db.url(), acked.len()).await;
+    assert_exactly(&rows, &acked, "PostgreSQL's messages against the acknowledged");
+    nodes.stop().await;
+}
+
+/// The NATS server SIGKILLed mid-load and restarted on the same ports and storage: while it is
+/// gone `/readyz` answers 503, writes answer 503 (in the envelope) at once, and polls go on
+/// answering 200 from memory; once it is back, `/readyz` is 200 again and writes succeed; nothing
+/// acknowledged is lost or delivered twice, and PostgreSQL holds it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_load_writes_answer_503_meanwhile_and_nothing_acknowledged_is_lost() {
+    let (mut nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let sse = Sse::open(nodes.addr(2), &party.receiver_session).await;
+    let ring = nodes.ring();
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::from_millis(5));
+    senders.progress(300, Duration::from_secs(20), "before NATS goes").await;
+
+    nats = blocking(move || {
+        nats.kill();
+        nats
+    })
+    .await;
+    let killed = Instant::now();
+    nodes.wait_ready(503, Duration::from_secs(10)).await;
+    eprintln!("every node not ready {:?} after NATS was killed", killed.elapsed());
+    // A node starting meanwhile waits for NATS (--connect-timeout) and does not serve until it
+    // has caught up.
+    let late = nodes.spawn_more();
+    // NATS stays away for longer than a write retries its publish (5 s): what a node does
+    // meanwhile is checked all along.
+    let (polls, unavailable) = (poller.polls(), senders.unavailable());
+    let mut probes = HashSet::new();
+    while killed.elapsed() < Duration::from_secs(6) {
+        for (i, api) in nodes.apis() {
+            let body = format!("probe/{}", probes.len());
+            let began = Instant::now();
+            let r = api.try_send(&party.senders[i], party.receiver, &body).await.expect("an answer");
+            probes.insert(body);
+            assert_eq!(r.status, 503, "node {i}: a write while NATS is gone: {r:?}");
+            assert!(began.elapsed() < Duration::from_secs(1), "node {i}: 503 after {:?}, not at once", began.elapsed());
+            let r = api.readyz().await;
+            assert_eq!(r.status, 503, "node {i}: {r:?}");
+            let (_, msgs) = api.poll(&format!("/api/messages/{}", party.receiver_session)).await;
+            assert!(msgs.len() >= 300, "node {i}: polls answer from memory");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(poller.polls() > polls + 100, "the round-robin poller went on: {} polls", poller.polls() - polls);
+    // A send in flight when NATS went answers once its publish's retries ran out (5 s).
+    wait_until("the senders to meet 503s", Duration::from_secs(10), || async {
+        senders.unavailable() > unavailable + 50
+    })
+    .await;
+    assert!(nodes.is_running(late), "a node starting while NATS is away waits for it:\n{}", nodes.stderr(late));
+    let starting = nodes.api(late);
+    let healthz = tokio::time::timeout(Duration::from_millis(300), starting.try_call("GET", "/healthz", None)).await;
+    assert!(healthz.is_err(), "a node that has not joined the log does not serve: {healthz:?}");
+
+    let mut nats = blocking(move || {
+        nats.restart();
+        nats
+    })
+    .await;
+    nodes.wait_ready(200, Duration::from_secs(20)).await;
+    eprintln!("every node ready again {:?} after NATS was killed", killed.elapsed());
+    nodes.wait_joined(late).await;
+    eprintln!("the node started while NATS was away served {:?} after NATS was killed", killed.elapsed());
+    senders.progress(300, Duration::from_secs(20), "after NATS is back").await;
+    let mut sent = senders.finish().await;
+    // A write answered 503 may have been logged all the same (see the module doc).
+    sent.unknown.extend(probes);
+    // A write in flight when NATS went retries its publish for at most 5 s.
+    assert!(sent.slowest_503 < Duration::from_secs(6), "a 503 took {:?}", sent.slowest_503);
+
+    receivers_got_everything(poller, vec![sse], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    eprintln!(
+        "{} acknowledged, {} answered 503 while NATS was away (the slowest after {:?})",
+        sent.acked.len(),
+        sent.unavailable,
+        sent.slowest_503
+    );
+    nodes.stop().await;
+    blocking(move || nats.kill()).await;
+}
+
+/// On a 3-server NATS cluster with the stream on 3 replicas, the stream's leader is SIGKILLed
+/// mid-load: writes may answer 503 while NATS elects another (seconds), then succeed again
+/// through the same nodes; nothing acknowledged is lost or delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leader_lost_in_a_nats_cluster_loses_nothing_acknowledged() {
+    let (nats, db) = (blocking(NatsCluster::start).await, create_db().await);
+    let nodes = Nodes::start(3, db.url(), &nats.urls(), &["--nats-replicas", "3"]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let sse = Sse::open(nodes.addr(2), &party.receiver_session).await;
+    let ring = nodes.ring();
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::from_millis(5));
+    senders.progress(300, Duration::from_secs(20), "before the leader goes").await;
+
+    let (nats, leader) = blocking(move || {
+        let mut nats = nats;
+        let leader = nats.wait_stream_leader(STREAM, Duration::from_secs(10));
+        nats.servers[leader].kill();
+        (nats, leader)
+    })
+    .await;
+    let killed = Instant::now();
+    // Every sender is on its way again once sends are acknowledged by the dozen.
+    senders.progress(SENDERS * 4, Duration::from_secs(20), "after the stream leader was killed").await;
+    let resumed = killed.elapsed();
+    senders.progress(300, Duration::from_secs(20), "after the stream leader was killed").await;
+    eprintln!(
+        "NATS server n{leader} (the stream's leader) killed: writes acknowledged again after {resumed:?}, 300 more \
+         after {:?}",
+        killed.elapsed()
+    );
+    let sent = senders.finish().await;
+
+    receivers_got_everything(poller, vec![sse], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    eprintln!("{} acknowledged, {} answered 503, {} unanswered", sent.acked.len(), sent.unavailable, sent.unanswered);
+    nodes.stop().await;
+    drop(nats);
+}
+
+/// The state of the test's stream (`first_seq`, `last_seq`, …) as the NATS server reports it.
+fn stream_state(nats: &Nats) -> Value {
+    let jsz = nats.jsz().expect("/jsz");
+    jsz["account_details"]
+        .as_array()
+        .and_then(|accounts| {
+            accounts.iter().find_map(|a| {
+                Some(a["stream_detail"].as_array()?.iter().find(|s| s["name"] == STREAM)?["state"].clone())
+            })
+        })
+        .unwrap_or_else(|| panic!("stream {STREAM} in /jsz: {jsz}"))
+}
+
+/// The last sequence number of the test's stream.
+fn stream_last_seq(nats: &Nats) -> u64 {
+    stream_state(nats)["last_seq"].as_u64().expect("last_seq")
+}
+
+/// `--nats-url` needs the PostgreSQL every node shares: with SQLite or memory it is a one-line
+/// error and a non-zero exit (before anything connects).
+#[test]
+fn nats_url_with_sqlite_or_memory_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite:{}", dir.path().join("chatbus.db").display());
+    // A port nothing listens on, never the machine's NATS.
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+    for url in [sqlite.as_str(), "memory:"] {
+        let err = run_to_error(&["--nats-url", &nats, "--database-url", url, "--listen", "127.0.0.1:0"]);
+        assert!(err.starts_with("chatbus: "), "{url}: {err}");
+        assert!(err.contains("--nats-url") && err.contains("postgres://"), "{url}: {err}");
+    }
+    assert!(!dir.path().join("chatbus.db").exists(), "nothing was created");
+}
