@@ -83,10 +83,15 @@
 //!
 //! ## Retention
 //!
-//! The stream's `max_age` is `--message-ttl`: a message older than that has left every mailbox
-//! anyway. A node whose saved position is older than the stream's first entry cannot replay the
-//! gap (the sequencer refuses it) and must start from a node that has written more recently,
-//! which is what the position in `log_position` gives it.
+//! The stream has no age limit: the nodes trim it ([`node`], "Retention"). Each node reads the
+//! position PostgreSQL holds every quarter of the message TTL and removes the entries up to the
+//! position it read at least a TTL before (and at least 10 s, longer than any publish retries).
+//! So an entry leaves the stream only once the store holds it *and* it is older than the message
+//! TTL. An age limit alone (`max_age`) would also drop entries the store does not hold yet: had
+//! every node crashed with its last writes unwritten and stayed down longer than the TTL, no
+//! node could have started again (`tests/cluster_nodes.rs` does exactly that). A node whose
+//! store position is older than the stream's first entry cannot replay the gap, and says so at
+//! start.
 //!
 //! ## Activity and culling agree across nodes
 //!
