@@ -7,11 +7,16 @@
 //! polling round-robin over the nodes with the cursor, or streaming from yet another node; every
 //! node answers alike once it caught up; PostgreSQL holds each acknowledged message exactly once.
 //! User ids are unique and one per uuid however many nodes create it at once. And that holds
-//! through a node SIGKILLed mid-load (and restarted), every node SIGKILLed at once while
-//! PostgreSQL trails the log (and the whole cluster down for longer than `--message-ttl`), a node
-//! joining late, the NATS server SIGKILLed and restarted (writes answer 503 meanwhile, polls go
-//! on from memory), and the stream's leader lost in a 3-server NATS cluster. Sessions and
-//! messages expire by the log's ticks, alike on every node.
+//! through a node SIGKILLed mid-load (and restarted), a node stopped gracefully mid-load (it exits
+//! 0 at once, and restarts), every node SIGKILLed at once while PostgreSQL trails the log (and
+//! the whole cluster down for longer than `--message-ttl`), a node joining late, the NATS server
+//! SIGKILLed and restarted (writes answer 503 meanwhile, polls go on from memory), the stream's
+//! leader lost in a 3-server NATS cluster, and PostgreSQL stopped under the cluster (sends are
+//! acknowledged for `--max-write-lag`, then refused, and none is lost). A WebSocket on one node
+//! gets what the others take, and resumes on another with `?cursor=`; contacts changed through one
+//! node show through all. The whole 3-server NATS cluster crashes and comes back: writes answer
+//! 503 meanwhile, and nothing acknowledged is lost (stopped gracefully instead, with `--ignored`:
+//! it takes longer). Sessions and messages expire by the log's ticks, alike on every node.
 //!
 //! A send that got no answer, or a 503, may or may not have been logged (the publish may have
 //! been stored before the answer was lost): such a message may reach the receiver, but only
@@ -19,20 +24,26 @@
 
 mod support;
 
-use serde_json::Value;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::binary::{free_port, run_to_error};
-use support::client::{err, Api};
-use support::contract::uuid_of;
+use support::client::{err, ok_plain, Api};
+use support::cluster::{Cluster, Stop};
+use support::contract::{assert_message_shape, uuid_of};
 use support::nats::{Nats, NatsCluster};
 use support::nodes::{
-    assert_nodes_agree, assert_received, pg_messages, wait_received, Nodes, Ring, RoundRobin, Senders, Sent, Sse,
+    assert_nodes_agree, assert_received, pg_messages, wait_received, Ack, Nodes, Ring, RoundRobin, Senders, Sent, Sse,
     STREAM,
 };
 use support::pg::TestDb;
 use support::store::{assert_exactly, postgres_rows};
+use support::timestamp::{created, cursor};
 use support::wait::{blocking, wait_until};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// How many senders the load has.
 const SENDERS: usize = 8;
@@ -68,10 +79,10 @@ impl Party {
 /// PostgreSQL's `messages` hold exactly what the nodes show (the receiver's whole mailbox:
 /// every message goes to the receiver), each once; that is every acknowledged message, plus at
 /// most sends whose effect was unknown.
-async fn assert_postgres_holds(db: &TestDb, mailbox: &[Value], sent: &Sent) {
+async fn assert_postgres_holds(db_url: &str, mailbox: &[Value], sent: &Sent) {
     let shown: HashSet<String> = mailbox.iter().map(uuid_of).collect();
     assert_eq!(shown.len(), mailbox.len(), "a message twice in the mailbox");
-    let rows = pg_messages(db.url(), shown.len()).await;
+    let rows = pg_messages(db_url, shown.len()).await;
     assert_exactly(&rows, &shown, "PostgreSQL's messages against the nodes' mailbox");
     let acked = sent.acked_uuids();
     assert!(acked.is_subset(&shown), "every acknowledged message is stored");
@@ -329,7 +340,7 @@ async fn a_node_killed_mid_load_loses_nothing_acknowledged_and_catches_up_on_res
     assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
     let shown: HashSet<String> = agreed.messages.iter().map(uuid_of).collect();
     assert!(polled.iter().all(|m| shown.contains(&uuid_of(m))), "the poller got nothing the nodes do not show");
-    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!(
         "{} acknowledged, {} without an answer, {} answered 503",
         sent.acked.len(),
@@ -373,7 +384,7 @@ async fn every_node_killed_at_once_loses_nothing_acknowledged() {
     let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
     assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
     assert_received("the mailbox from the start", &agreed.messages, &sent);
-    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     nodes.stop().await;
 }
 
@@ -543,7 +554,7 @@ async fn nats_restarted_mid_load_writes_answer_503_meanwhile_and_nothing_acknowl
     receivers_got_everything(poller, vec![sse], &sent).await;
     let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
     assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
-    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!(
         "{} acknowledged, {} answered 503 while NATS was away (the slowest after {:?})",
         sent.acked.len(),
@@ -590,10 +601,558 @@ async fn the_stream_leader_lost_in_a_nats_cluster_loses_nothing_acknowledged() {
     receivers_got_everything(poller, vec![sse], &sent).await;
     let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
     assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
-    assert_postgres_holds(&db, &agreed.messages, &sent).await;
+    assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!("{} acknowledged, {} answered 503, {} unanswered", sent.acked.len(), sent.unavailable, sent.unanswered);
     nodes.stop().await;
     drop(nats);
+}
+
+/// A node stopped gracefully (SIGTERM) mid-load while senders send through all three: it
+/// finishes the requests in flight on it (every send gets an answer, none a 503), ends its
+/// streams (a stream on it resumes on another node with `Last-Event-ID`), and exits 0 within a
+/// few seconds; nothing acknowledged is lost or delivered twice — to a poller, to the streams,
+/// in PostgreSQL. Restarted, it catches up, takes sends again, and answers as the others do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_gracefully_mid_load_exits_0_and_loses_nothing() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let mut nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let sse = Sse::open(nodes.addr(2), &party.receiver_session).await;
+    let ring = nodes.ring();
+    // A stream on the node to be stopped resumes on another with Last-Event-ID.
+    let resuming = Sse::open_resuming(&ring, 0, &party.receiver_session).await;
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::ZERO);
+    senders.progress(400, Duration::from_secs(20), "before the stop").await;
+
+    let stopping = Instant::now();
+    let (status, stderr, took) = nodes.terminate(0).await;
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0:\n{stderr}");
+    assert!(took < Duration::from_secs(5), "a graceful stop took {took:?}:\n{stderr}");
+    assert!(stderr.contains("everything acknowledged is in the store"), "{stderr}");
+    senders.progress(300, Duration::from_secs(20), "with node 0 stopped").await;
+    let restart = nodes.restart(0).await;
+    let back = Instant::now();
+    eprintln!("node 0 exited 0 {took:?} after SIGTERM; restarted and caught up in {restart:?}");
+    senders.progress(300, Duration::from_secs(20), "with node 0 back").await;
+    let sent = senders.finish().await;
+    assert_eq!(
+        (sent.unanswered, sent.unavailable),
+        (0, 0),
+        "a graceful stop answers the requests in flight, and the other nodes take the rest"
+    );
+    assert!(sent.acked.values().any(|a| a.node == 0 && a.at < stopping), "node 0 took sends before the stop");
+    assert!(sent.acked.values().any(|a| a.node == 0 && a.at > back), "the restarted node took sends");
+
+    assert_eq!(resuming.reconnects(), 1, "the stream on the stopped node resumed on another");
+    receivers_got_everything(poller, vec![sse, resuming], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let acked = sent.acked_uuids();
+    assert_exactly(&agreed.messages.iter().map(uuid_of).collect::<Vec<_>>(), &acked, "every node's mailbox");
+    assert_received("the mailbox from the start", &agreed.messages, &sent);
+    let rows = pg_messages(db.url(), acked.len()).await;
+    assert_exactly(&rows, &acked, "PostgreSQL's messages against the acknowledged");
+    nodes.stop().await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A chat app's WebSocket client of one session (`/api/ws/:session`): it sends over the socket
+/// (`send` frames with a `ref`) to one receiver and checks every frame it gets — `message`
+/// frames in strictly increasing `created_utc`, each once, with its cursor; `sent` frames
+/// answering a `ref` it sent, once; nothing else (nothing goes wrong where it is used). It
+/// reconnects with `?cursor=` of the last message it got.
+struct WsClient {
+    session: String,
+    user: i64,
+    /// Whom its sends go to.
+    to: i64,
+    ws: Option<Ws>,
+    /// The messages of the `message` frames, in order, and their uuids.
+    got: Vec<Value>,
+    seen: HashSet<String>,
+    /// The cursor of the last `message` frame.
+    cursor: Option<Value>,
+    /// Sends not answered yet: ref → body.
+    asked: HashMap<String, String>,
+    /// The messages the `sent` frames carried.
+    sent: Vec<Value>,
+    sends: usize,
+}
+
+impl WsClient {
+    fn new(session: &str, user: i64, to: i64) -> Self {
+        Self {
+            session: session.to_owned(),
+            user,
+            to,
+            ws: None,
+            got: Vec::new(),
+            seen: HashSet::new(),
+            cursor: None,
+            asked: HashMap::new(),
+            sent: Vec::new(),
+            sends: 0,
+        }
+    }
+
+    /// Opens the socket on `addr`, from the last message received (from the start the first time).
+    async fn connect(&mut self, addr: SocketAddr) {
+        let mut path = format!("/api/ws/{}", self.session);
+        if let Some(c) = &self.cursor {
+            path.push_str(&format!("?cursor={}.{:09}", c["unix"], c["nano"].as_i64().expect("nano")));
+        }
+        let (ws, res) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("upgrade {path} on {addr}: {e}"));
+        assert_eq!(res.status(), 101);
+        self.ws = Some(ws);
+    }
+
+    /// Sends one message over the socket.
+    async fn send(&mut self) {
+        let (reference, body) = (format!("w-{}", self.sends), format!("ws/{}", self.sends));
+        let frame = json!({"type": "send", "ref": reference, "receiver_id": self.to, "body": body});
+        let ws = self.ws.as_mut().expect("connected");
+        ws.send(WsMessage::text(frame.to_string())).await.expect("a frame sent");
+        self.asked.insert(reference, body);
+        self.sends += 1;
+    }
+
+    /// Checks one frame from the server and takes it in.
+    fn take(&mut self, frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) {
+        let f: Value = match frame {
+            Some(Ok(WsMessage::Text(t))) => serde_json::from_str(t.as_str()).expect("a JSON frame"),
+            Some(Ok(WsMessage::Close(close))) => panic!("the socket closed: {close:?}"),
+            Some(Ok(_)) => return, // pings are answered for us
+            Some(Err(e)) => panic!("the socket broke: {e}"),
+            None => panic!("the socket ended"),
+        };
+        match f["type"].as_str() {
+            Some("message") => {
+                let m = f["message"].clone();
+                assert_message_shape(&m);
+                assert_eq!(f["cursor"], cursor(created(&m)), "a message frame's cursor is its created_utc: {f}");
+                if let Some(last) = self.got.last() {
+                    assert!(created(&m) > created(last), "created_utc not strictly increasing: {last} then {m}");
+                }
+                assert!(self.seen.insert(uuid_of(&m)), "a message twice on the socket: {m}");
+                self.cursor = Some(f["cursor"].clone());
+                self.got.push(m);
+            }
+            Some("sent") => {
+                let reference = f["ref"].as_str().unwrap_or_else(|| panic!("a sent frame has its ref: {f}"));
+                let body = self.asked.remove(reference).unwrap_or_else(|| panic!("an answer to no open send: {f}"));
+                let m = f["message"].clone();
+                assert_message_shape(&m);
+                assert_eq!((&m["sender_id"], &m["receiver_id"]), (&json!(self.user), &json!(self.to)), "{f}");
+                assert_eq!(m["body"], body, "{f}");
+                self.sent.push(m);
+            }
+            _ => panic!("a frame nothing here should cause: {f}"),
+        }
+    }
+
+    /// Sends a message every 10 ms until `sends` were sent, and reads frames, until `done` holds of
+    /// what it received; panics after `limit`.
+    async fn run(&mut self, sends: usize, limit: Duration, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while self.sends < sends || !done(self) {
+            let want_send = self.sends < sends;
+            let ws = self.ws.as_mut().expect("connected");
+            let frame = tokio::select! {
+                _ = tick.tick(), if want_send => None,
+                frame = ws.next() => Some(frame),
+                () = tokio::time::sleep_until(deadline) => panic!(
+                    "the socket: not done within {limit:?}: {} of {sends} sends made, {} answers open, {} messages received",
+                    self.sends,
+                    self.asked.len(),
+                    self.got.len()
+                ),
+            };
+            match frame {
+                None => self.send().await,
+                Some(frame) => self.take(frame),
+            }
+        }
+    }
+
+    /// Waits until every send made was answered, then closes the socket.
+    async fn close(&mut self) {
+        self.run(self.sends, Duration::from_secs(10), |c| c.asked.is_empty()).await;
+        let mut ws = self.ws.take().expect("connected");
+        let _ = ws.close(None).await;
+    }
+}
+
+/// A WebSocket on node A (`/api/ws/:session`) receives what is sent through nodes B and C —
+/// every acknowledged message exactly once, in order, as acknowledged — and its own sends over
+/// the socket (answered `sent` with their `ref`) reach a receiver polling node C, once each, in
+/// order. Reconnected on node B with `?cursor=` of the last message it got, mid-load, it resumes
+/// exactly: nothing missed, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_gets_every_node_s_messages_once_and_resumes_on_another_node() {
+    const SENDS: usize = 20;
+    let (nats, db) = (start_nats().await, create_db().await);
+    let nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let api = nodes.api(0);
+    let (a, b, c, d) = (api.user("ws-a").await, api.user("b").await, api.user("c").await, api.user("d").await);
+    let sa = nodes.api(0).session(a).await;
+    let (sb, sc, sd) = (nodes.api(1).session(b).await, nodes.api(2).session(c).await, nodes.api(2).session(d).await);
+    let mut client = WsClient::new(&sa, a, d);
+    client.connect(nodes.addr(0)).await;
+    let polling_c = RoundRobin::start(&Ring::of(vec![nodes.api(2)]), &sd, Duration::from_millis(5));
+    // b sends through node B, c through node C.
+    let senders = Senders::start(&Ring::of(vec![nodes.api(1), nodes.api(2)]), &[sb, sc], a, Duration::from_millis(2));
+
+    client.run(SENDS, Duration::from_secs(20), |c| c.got.len() >= 150).await;
+    client.close().await;
+    let before = client.got.len();
+    client.connect(nodes.addr(1)).await;
+    client.run(2 * SENDS, Duration::from_secs(20), |c| c.got.len() >= before + 150).await;
+    let sent = senders.finish().await;
+    assert!(sent.unknown.is_empty(), "nothing went wrong, every send acknowledged");
+    // `node` is the index in the senders' ring: 0 is node B, 1 node C.
+    assert!(sent.acked.values().any(|a| a.node == 0) && sent.acked.values().any(|a| a.node == 1), "B and C took sends");
+
+    // Every acknowledged message and every one of its own, and nothing else.
+    let own: HashSet<String> = client.sent.iter().map(uuid_of).collect();
+    let expected: HashSet<String> = sent.acked_uuids().union(&own).cloned().collect();
+    client.run(0, DELIVERY_LIMIT, |c| expected.iter().all(|u| c.seen.contains(u))).await;
+    assert_exactly(&client.got.iter().map(uuid_of).collect::<Vec<_>>(), &expected, "the socket's messages");
+    let own_by_uuid: HashMap<String, &Value> = client.sent.iter().map(|m| (uuid_of(m), m)).collect();
+    for m in &client.got {
+        let uuid = uuid_of(m);
+        match sent.acked.get(&uuid) {
+            Some(ack) => assert_eq!(m, &ack.message, "received on the socket as acknowledged (node {})", ack.node),
+            None => assert_eq!(m, own_by_uuid[&uuid], "its own message as the sent frame carried it"),
+        }
+    }
+    // The receiver polling node C: exactly the socket's sends, in order, as answered.
+    wait_received("d polling node C", &own, DELIVERY_LIMIT, || polling_c.uuids()).await;
+    let polled = polling_c.finish().await;
+    let mut answered = client.sent.clone();
+    answered.sort_by_key(created);
+    assert_eq!(polled, answered, "d got the socket's sends once each, in order, as answered");
+    let on_socket: Vec<&Value> = client.got.iter().filter(|m| own.contains(&uuid_of(m))).collect();
+    assert_eq!(on_socket, answered.iter().collect::<Vec<_>>(), "in the same order on the socket");
+    client.close().await;
+    nodes.stop().await;
+}
+
+/// Contacts through different nodes: a contact added through node A shows through B and C, both
+/// ways (online, as the user is); one added with a user created through another node an instant
+/// before succeeds (the log orders the two); removed through C, it is gone through every node and
+/// from PostgreSQL. A contact with oneself (400) and with an unknown user (404) answer the same
+/// through every node and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_changed_through_one_node_show_through_every_node() {
+    let (nats, db) = (start_nats().await, create_db().await);
+    let nodes = Nodes::start(3, db.url(), &nats.url(), &[]).await;
+    let (u, v) = (nodes.api(0).create_user("u", Some("U")).await, nodes.api(0).create_user("v", Some("V")).await);
+    let (uid, vid) = (u["id"].as_i64().expect("id"), v["id"].as_i64().expect("id"));
+    let (su, sv) = (nodes.api(1).session(uid).await, nodes.api(2).session(vid).await);
+    let online = |user: &Value| json!({"user": user, "is_online": true, "is_typing": false});
+    let contact_path = |session: &str, user: i64| format!("/api/contact/{session}/{user}");
+    let pg_contacts = "SELECT user_a || ',' || user_b FROM contacts ORDER BY user_a, user_b";
+    // What every node lists for u and for v.
+    let lists = |expect_u: Vec<Value>, expect_v: Vec<Value>| {
+        let (nodes, su, sv) = (&nodes, su.clone(), sv.clone());
+        async move {
+            for (_, api) in nodes.apis() {
+                if api.contacts(&su).await != expect_u || api.contacts(&sv).await != expect_v {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+
+    ok_plain(&nodes.api(0).call("POST", &contact_path(&su, vid), None).await);
+    // Read-your-writes on node A at once; the others may trail it by a few entries.
+    assert_eq!(nodes.api(0).contacts(&su).await, vec![online(&v)], "node A shows its own change");
+    let added = Instant::now();
+    wait_until("every node to list the contact both ways", Duration::from_secs(5), || {
+        lists(vec![online(&v)], vec![online(&u)])
+    })
+    .await;
+    eprintln!("the contact showed through every node {:?} after node A answered", added.elapsed());
+    // A user created through node C, and at once a contact with them through node A.
+    let w = nodes.api(2).create_user("w", Some("W")).await;
+    let wid = w["id"].as_i64().expect("id");
+    ok_plain(&nodes.api(0).call("POST", &contact_path(&su, wid), None).await);
+    let w_offline = json!({"user": w, "is_online": false, "is_typing": false});
+    wait_until("every node to list both contacts", Duration::from_secs(5), || {
+        lists(vec![online(&v), w_offline.clone()], vec![online(&u)])
+    })
+    .await;
+    let pair = |x: i64, y: i64| format!("{},{}", x.min(y), x.max(y));
+    wait_until("PostgreSQL to hold both contacts", Duration::from_secs(10), || async {
+        postgres_rows(db.url(), pg_contacts).await == sorted(vec![pair(uid, vid), pair(uid, wid)])
+    })
+    .await;
+
+    // Through every node, the same refusals, and nothing changes.
+    let mut refusals = Vec::new();
+    for (i, api) in nodes.apis() {
+        let oneself = api.call("POST", &contact_path(&su, uid), None).await;
+        err(&oneself, 400, "user_id");
+        let unknown = api.call("POST", &contact_path(&su, 999_999), None).await;
+        err(&unknown, 404, "user_id");
+        let unknown_removed = api.call("DELETE", &contact_path(&sv, 999_999), None).await;
+        err(&unknown_removed, 404, "user_id");
+        refusals.push((i, [oneself.json, unknown.json, unknown_removed.json]));
+    }
+    let (first, rest) = refusals.split_first().expect("nodes");
+    for (i, answers) in rest {
+        assert_eq!(answers, &first.1, "node {i} refuses as node {} does", first.0);
+    }
+
+    ok_plain(&nodes.api(2).call("DELETE", &contact_path(&su, vid), None).await);
+    assert_eq!(nodes.api(2).contacts(&su).await, vec![w_offline.clone()], "node C shows its own change");
+    wait_until("the contact to be gone through every node", Duration::from_secs(5), || {
+        lists(vec![w_offline.clone()], vec![])
+    })
+    .await;
+    // Removing it again is fine (idempotent), through another node.
+    ok_plain(&nodes.api(1).call("DELETE", &contact_path(&sv, uid), None).await);
+    wait_until("PostgreSQL to hold only the other contact", Duration::from_secs(10), || async {
+        postgres_rows(db.url(), pg_contacts).await == vec![pair(uid, wid)]
+    })
+    .await;
+    assert!(lists(vec![w_offline.clone()], vec![]).await, "nothing changed back");
+    nodes.stop().await;
+}
+
+fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
+
+/// PostgreSQL — the shared database of two nodes, a throwaway cluster of the test's own — stopped
+/// mid-load: sends go on being acknowledged (JetStream holds them) for `--max-write-lag` (2 s
+/// here), then every node refuses them with 503 naming the flag, and no more are acknowledged;
+/// polls go on answering from memory; `/readyz` says the store is failing. Once PostgreSQL is
+/// back every node is ready again and takes sends, and PostgreSQL ends with exactly the
+/// acknowledged messages, once each (a refused send changed nothing anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_under_a_cluster_bounds_what_is_acknowledged_and_loses_nothing() {
+    const LAG: Duration = Duration::from_secs(2);
+    let (nats, pg) = (start_nats().await, Arc::new(blocking(Cluster::started).await));
+    let url = pg.url();
+    let nodes = Nodes::start(2, &url, &nats.url(), &["--max-write-lag", "2s"]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let ring = nodes.ring();
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::from_millis(5));
+    senders.progress(200, Duration::from_secs(20), "before PostgreSQL stops").await;
+
+    let p = pg.clone();
+    // From the stop on: the nodes' first failed write comes after it.
+    let down = Instant::now();
+    blocking(move || p.stop(Stop::Immediate)).await;
+    let (acked_at_stop, polls_at_stop) = (senders.acked(), poller.polls());
+    wait_until("/readyz to say the store is failing on every node", Duration::from_secs(10), || async {
+        let mut failing = true;
+        for (_, api) in nodes.apis() {
+            let r = api.readyz().await;
+            failing &= r.status == 503 && r.message().contains("store");
+        }
+        failing
+    })
+    .await;
+    // Every node refuses sends once the store failed for longer than --max-write-lag.
+    let mut refused = HashSet::new();
+    // Probes acknowledged before the bound: acknowledged sends like the senders'.
+    let mut probes = Vec::new();
+    let limit = LAG + Duration::from_secs(8);
+    while refused.len() < nodes.apis().len() {
+        assert!(down.elapsed() < limit, "nodes {refused:?} alone refuse sends {limit:?} after PostgreSQL stopped");
+        for (i, api) in nodes.apis() {
+            if refused.contains(&i) {
+                continue;
+            }
+            let r = api.try_send(&party.senders[i], party.receiver, "probe").await.expect("an answer");
+            match r.status {
+                503 => {
+                    err(&r, 503, "--max-write-lag");
+                    refused.insert(i);
+                }
+                200 => probes.push(Ack {
+                    created: created(r.response()),
+                    message: r.response().clone(),
+                    node: i,
+                    at: Instant::now(),
+                }),
+                _ => panic!("node {i}: a send while PostgreSQL is down: {r:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refusing = down.elapsed();
+    let acked_while_down = senders.acked() - acked_at_stop;
+    assert!(refusing >= LAG, "sends were refused {refusing:?} after PostgreSQL stopped, before --max-write-lag");
+    assert!(acked_while_down >= 50, "sends went on being acknowledged while PostgreSQL was down: {acked_while_down}");
+    // Past the bound, nothing more is acknowledged (but the sends in flight), and polls answer.
+    let acked_at_refusal = senders.acked();
+    let polls = poller.polls();
+    wait_until("polls to go on while sends are refused", Duration::from_secs(10), || async {
+        poller.polls() >= polls + 50
+    })
+    .await;
+    for (i, api) in nodes.apis() {
+        let r = api.try_send(&party.senders[i], party.receiver, "probe").await.expect("an answer");
+        err(&r, 503, "--max-write-lag");
+        let (_, mailbox) = api.poll(&format!("/api/messages/{}", party.receiver_session)).await;
+        assert!(mailbox.len() >= acked_at_refusal, "node {i}: polls answer from memory: {}", mailbox.len());
+        let r = api.readyz().await;
+        err(&r, 503, "store");
+    }
+    assert!(
+        senders.acked() <= acked_at_refusal + SENDERS,
+        "sends acknowledged past --max-write-lag: {} after {acked_at_refusal}",
+        senders.acked()
+    );
+    assert!(poller.polls() > polls_at_stop + 50, "the poller went on");
+    eprintln!(
+        "PostgreSQL down: {acked_while_down} sends acknowledged, refused from {refusing:?} on; {} 503s",
+        senders.unavailable()
+    );
+
+    let p = pg.clone();
+    blocking(move || p.start()).await;
+    nodes.wait_ready(200, Duration::from_secs(20)).await;
+    senders.progress(200, Duration::from_secs(20), "after PostgreSQL is back").await;
+    let mut sent = senders.finish().await;
+    sent.acked.extend(probes.into_iter().map(|ack| (uuid_of(&ack.message), ack)));
+    assert_eq!(sent.unanswered, 0, "every send answered");
+    assert!(sent.unavailable > 0, "the senders met the bound");
+
+    receivers_got_everything(poller, vec![], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let acked = sent.acked_uuids();
+    // A refused send changed nothing: exactly the acknowledged, everywhere.
+    assert_exactly(&agreed.messages.iter().map(uuid_of).collect::<Vec<_>>(), &acked, "every node's mailbox");
+    let rows = pg_messages(&url, acked.len()).await;
+    assert_exactly(&rows, &acked, "PostgreSQL's messages against the acknowledged");
+    nodes.stop().await;
+}
+
+/// How the whole NATS cluster goes down in [`whole_nats_cluster_down_and_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NatsDown {
+    /// SIGTERM to every server at once: stopped, as for maintenance (each writes out what it holds).
+    Stopped,
+    /// SIGKILL to every server at once: the whole NATS cluster crashes.
+    Crashed,
+}
+
+/// The whole 3-server NATS cluster goes down mid-load (the stream on 3 replicas), then starts
+/// again on the same ports and storage: meanwhile every node's `/readyz` answers 503, writes
+/// answer 503 at once (a write in flight within the publish deadline) and polls answer from
+/// memory; once NATS is back every node is ready and takes writes again; nothing acknowledged is
+/// lost or delivered twice, every node shows the same, and PostgreSQL holds each message once.
+async fn whole_nats_cluster_down_and_back(how: NatsDown) {
+    let (nats, db) = (blocking(NatsCluster::start).await, create_db().await);
+    let nodes = Nodes::start(3, db.url(), &nats.urls(), &["--nats-replicas", "3"]).await;
+    let party = Party::create(&nodes.api(0), &nodes.api(1)).await;
+    let sse = Sse::open(nodes.addr(2), &party.receiver_session).await;
+    let ring = nodes.ring();
+    let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
+    let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::from_millis(5));
+    senders.progress(300, Duration::from_secs(20), "before NATS goes").await;
+
+    let nats = blocking(move || {
+        let mut nats = nats;
+        match how {
+            NatsDown::Stopped => nats.terminate_all(),
+            NatsDown::Crashed => nats.kill_all(),
+        }
+        nats
+    })
+    .await;
+    let down = Instant::now();
+    nodes.wait_ready(503, Duration::from_secs(10)).await;
+    let (polls, unavailable) = (poller.polls(), senders.unavailable());
+    let mut probes = HashSet::new();
+    for (i, api) in nodes.apis() {
+        let body = format!("probe/{i}");
+        let began = Instant::now();
+        let r = api.try_send(&party.senders[i], party.receiver, &body).await.expect("an answer");
+        probes.insert(body);
+        assert_eq!(r.status, 503, "node {i}: a write while NATS is down: {r:?}");
+        assert!(began.elapsed() < Duration::from_secs(1), "node {i}: 503 after {:?}, not at once", began.elapsed());
+        let (_, msgs) = api.poll(&format!("/api/messages/{}", party.receiver_session)).await;
+        assert!(msgs.len() >= 300, "node {i}: polls answer from memory");
+    }
+    let acked = senders.acked();
+    wait_until("the senders to meet 503s and the poller to go on", Duration::from_secs(10), || async {
+        senders.unavailable() > unavailable + 50 && poller.polls() > polls + 50
+    })
+    .await;
+    // A send in flight when NATS went may still be acknowledged (stored before), no other.
+    assert!(senders.acked() <= acked + SENDERS, "acknowledged while NATS is down: {}", senders.acked() - acked);
+
+    let nats = blocking(move || {
+        let mut nats = nats;
+        nats.restart_all();
+        nats
+    })
+    .await;
+    let restarted = down.elapsed();
+    // JetStream elects its leaders and catches up first (see `NatsCluster::restart_all`).
+    nodes.wait_ready(200, Duration::from_secs(45)).await;
+    let ready = down.elapsed();
+    senders.progress(300, Duration::from_secs(30), "after NATS is back").await;
+    eprintln!(
+        "NATS cluster {how:?}; back after {restarted:?}, every node ready after {ready:?}, 300 more sends \
+         acknowledged after {:?}",
+        down.elapsed()
+    );
+    let mut sent = senders.finish().await;
+    sent.unknown.extend(probes);
+    for (i, api) in nodes.apis() {
+        let r = api.readyz().await;
+        let log = nodes.stderr(i);
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(r.status, 200, "node {i} after NATS came back: {r:?}; it logged:\n{errors:#?}");
+    }
+
+    receivers_got_everything(poller, vec![sse], &sent).await;
+    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
+    eprintln!("{} acknowledged, {} answered 503, {} unanswered", sent.acked.len(), sent.unavailable, sent.unanswered);
+    nodes.stop().await;
+    drop(nats);
+}
+
+/// [`whole_nats_cluster_down_and_back`], the NATS cluster crashed: SIGKILL to all three servers.
+/// It takes 8–18 s: nats-server 2.9 elects its leaders again (and catches a replica up) before it
+/// takes writes.
+///
+/// This caught nodes diverging one run in three or four: a node showing messages no other node
+/// had and lacking acknowledged ones, and a write through it hanging until its client gave up.
+/// Restarted after the crash, a NATS server brings its consumers back and delivers from its own
+/// copy of the stream before JetStream has reconciled the copies, and nodes' log readers took
+/// those entries. Fixed in `cluster::log` (a new consumer after every reconnection, its first
+/// entry and the last one read checked against the stream's leader) and `cluster::publisher` (a
+/// write whose entry the applier passed without its outcome answers 503); passed 26 runs in a
+/// row since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_nats_cluster_crashed_and_restarted_loses_nothing_acknowledged() {
+    whole_nats_cluster_down_and_back(NatsDown::Crashed).await;
+}
+
+/// [`whole_nats_cluster_down_and_back`], the NATS cluster stopped: SIGTERM to all three servers.
+/// The slowest test here: nats-server 2.9 takes 10–30 s to take writes again after a graceful
+/// stop of the whole cluster (elections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_nats_cluster_stopped_and_restarted_loses_nothing_acknowledged() {
+    whole_nats_cluster_down_and_back(NatsDown::Stopped).await;
 }
 
 /// The state of the test's stream (`first_seq`, `last_seq`, …) as the NATS server reports it.

@@ -20,6 +20,22 @@
 //!   cluster server while the client stayed connected to another): one stream-info request per
 //!   idle second. The client's own ordered consumer only notices a lost consumer after two
 //!   missed 15 s heartbeats; the tests caught both cases.
+//! - **After a reconnection it takes nothing more from the old consumer.** A NATS server that
+//!   restarts brings its consumers back and may deliver from its own copy of the stream before
+//!   JetStream has reconciled the copies. After the whole 3-server NATS cluster was SIGKILLed,
+//!   readers that took such entries (the reconnection raced with them) fed their nodes entries
+//!   the others never saw, and skipped theirs: nodes diverged, showing messages no other node had
+//!   and lacking acknowledged ones (`tests/cluster_nodes.rs`, one run in a few). So a
+//!   reconnection wins over a waiting entry, and an entry that arrives once the client has
+//!   reconnected is dropped for a new consumer's.
+//! - **It checks where it resumes.** The first entry of every new consumer (made by the reader,
+//!   or again by the client after an error) is compared with what the stream's leader holds under
+//!   its number (timestamp and message id): if it differs — the consumer lives on a server whose
+//!   copy is not reconciled yet; seen after the whole NATS cluster crashed — nothing of that
+//!   consumer is taken, and a new one is made a moment later. The last entry yielded before is
+//!   checked too: if the leader holds another entry under its number, what this node applied is
+//!   no longer the log, and the reader yields [`LogError::Inconsistent`] and ends: the node stops
+//!   rather than diverge. Two requests per new consumer; a difference further on is not caught.
 //!
 //! Every error is a [`LogError`] that says in one line what failed.
 
@@ -104,6 +120,18 @@ pub enum LogError {
     /// JetStream answered, and said no.
     #[error("JetStream refused: {0}")]
     Refused(String),
+    /// What this node read and yielded under sequence number `seq` is not what the stream's
+    /// leader holds there: the copies of the stream disagreed, or the stream lost entries this
+    /// node had read and numbered others alike. A node that applied it cannot go on alike with
+    /// the others.
+    #[error(
+        "the cluster log is inconsistent at entry {seq}: what this node read there is not what the stream holds \
+         (did every NATS server crash at once?); this node stops rather than diverge"
+    )]
+    Inconsistent {
+        /// The entry.
+        seq: u64,
+    },
     /// An entry is not a command this node understands.
     #[error("log entry {seq} unreadable: {reason}")]
     Unreadable {
@@ -240,15 +268,22 @@ impl Log {
     }
 
     /// Every entry from sequence `from` (at least 1) on, in order, then each new one as it is
-    /// stored; it never ends by itself. While NATS is away it waits, and it goes on where it was
-    /// when NATS is back. An entry that cannot be decoded is an `Err` item, and the stream goes on
-    /// after it. Fails only if the first consumer cannot be made.
+    /// stored; it ends only after [`LogError::Inconsistent`]. While NATS is away it waits, and it
+    /// goes on where it was when NATS is back. An entry that cannot be decoded is an `Err` item,
+    /// and the stream goes on after it. Fails only if the first consumer cannot be made.
     pub async fn read_from(&self, from: u64) -> Result<Entries, LogError> {
         let from = from.max(1);
         let mut connections = self.connections.clone();
         connections.mark_unchanged();
         let first = self.consumer_from(from).await?;
-        let reader = Reader { log: self.clone(), next: from, messages: Some(first), connections };
+        let reader = Reader {
+            log: self.clone(),
+            next: from,
+            last: None,
+            inconsistent: false,
+            messages: Some(first),
+            connections,
+        };
         Ok(Box::pin(futures_util::stream::unfold(reader, |mut reader| async move {
             let item = reader.next().await?;
             Some((item, reader))
@@ -266,6 +301,25 @@ impl Log {
             .await
             .map_err(|e| self.request_error(e))?;
         consumer.messages().await.map_err(|e| self.request_error(e))
+    }
+
+    /// Whether the stream (its leader) holds `seen` under its sequence number, with the same
+    /// timestamp and message id; `None` when it holds no entry under that number.
+    async fn holds(&self, seen: &Seen) -> Result<Option<bool>, LogError> {
+        use jetstream::stream::RawMessageErrorKind;
+        let stream = self.stream().await?;
+        let stored = tokio::time::timeout(self.timeout, stream.get_raw_message(seen.seq))
+            .await
+            .map_err(|_| LogError::Timeout(self.timeout))?;
+        match stored {
+            Ok(message) => {
+                let timestamp_ns = i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                let msg_id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
+                Ok(Some(timestamp_ns == seen.timestamp_ns && msg_id == seen.msg_id))
+            }
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(self.request_error(e)),
+        }
     }
 
     async fn stream(&self) -> Result<jetstream::stream::Stream, LogError> {
@@ -287,11 +341,31 @@ impl Log {
     }
 }
 
+/// What identifies an entry a reader yielded: its sequence number, and what the stream stored
+/// under it (its timestamp and message id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    seq: u64,
+    timestamp_ns: i64,
+    msg_id: Option<String>,
+}
+
+impl Seen {
+    fn of(entry: &Entry) -> Self {
+        Self { seq: entry.seq, timestamp_ns: entry.timestamp_ns, msg_id: entry.msg_id.clone() }
+    }
+}
+
 /// The state behind [`Log::read_from`]'s stream.
 struct Reader {
     log: Log,
     /// The sequence of the next entry to yield.
     next: u64,
+    /// The last entry yielded: a new consumer's entries follow it only if the stream still
+    /// holds it (see the module doc).
+    last: Option<Seen>,
+    /// Set once the log was found inconsistent: nothing more is read.
+    inconsistent: bool,
     /// The current consumer's messages; `None` after a failure, until a new one is made.
     messages: Option<consumer::pull::Ordered>,
     connections: watch::Receiver<u64>,
@@ -304,6 +378,11 @@ impl Reader {
         const RETRY: Duration = Duration::from_millis(100);
         /// How long without an entry before asking the stream whether the consumer is stuck.
         const STALLED: Duration = Duration::from_secs(1);
+        /// How long to wait before a new consumer after one whose first entry failed its check.
+        const UNCHECKED: Duration = Duration::from_millis(250);
+        if self.inconsistent {
+            return None;
+        }
         loop {
             let Some(messages) = self.messages.as_mut() else {
                 match self.log.consumer_from(self.next).await {
@@ -313,24 +392,46 @@ impl Reader {
                 continue;
             };
             tokio::select! {
-                () = tokio::time::sleep(STALLED) => {
-                    // Quiet, or stuck on a consumer whose server died while this client stayed
-                    // connected elsewhere (a NATS cluster): the stream says which.
-                    if self.log.extent().await.is_ok_and(|extent| extent.last_seq >= self.next) {
-                        self.messages = None;
-                    }
-                }
+                // A reconnection first: no entry of the old consumer is taken after it.
+                biased;
                 changed = self.connections.changed() => {
                     changed.ok()?;
-                    // Reconnected: the consumer may be gone with the server it lived on.
+                    // Reconnected: the consumer may be gone with the server it lived on, or come
+                    // back with what that server kept; a new one, checked (see the module doc).
                     self.messages = None;
                 }
                 message = messages.next() => match message {
+                    // Reconnected while this arrived: as above.
+                    Some(_) if self.connections.has_changed().unwrap_or(false) => {
+                        self.connections.mark_unchanged();
+                        self.messages = None;
+                    }
                     Some(Ok(message)) => match entry(&message) {
                         // Left over from a consumer made before the last one was replaced.
                         Ok(entry) if entry.seq < self.next => {}
                         Ok(entry) => {
+                            // The first entry of a new consumer (ours, or one the client made
+                            // again): check it and the last one read against the stream.
+                            if message.info().is_ok_and(|info| info.consumer_sequence == 1) {
+                                match consistent_at(&self.log, self.last.as_ref(), &entry).await {
+                                    Ok(None) => {}
+                                    Ok(Some(seq)) => {
+                                        self.inconsistent = true;
+                                        return Some(Err(LogError::Inconsistent { seq }));
+                                    }
+                                    Err(e) => {
+                                        // Not known yet, or this consumer's server delivers
+                                        // otherwise than the leader holds (nothing of it was
+                                        // taken): a new consumer, and the check again.
+                                        tracing::warn!("cluster log: entry {} not taken: {e}", entry.seq);
+                                        self.messages = None;
+                                        tokio::time::sleep(UNCHECKED).await;
+                                        continue;
+                                    }
+                                }
+                            }
                             self.next = entry.seq + 1;
+                            self.last = Some(Seen::of(&entry));
                             return Some(Ok(entry));
                         }
                         Err(e) => {
@@ -345,8 +446,40 @@ impl Reader {
                         tokio::time::sleep(RETRY).await;
                     }
                 },
+                () = tokio::time::sleep(STALLED) => {
+                    // Quiet, or stuck on a consumer whose server died while this client stayed
+                    // connected elsewhere (a NATS cluster): the stream says which.
+                    if self.log.extent().await.is_ok_and(|extent| extent.last_seq >= self.next) {
+                        self.messages = None;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Whether `last`, the last entry yielded, is still what the stream (its leader) holds under its
+/// number: `Some(seq)` if not — what this node applied is not the log any more. And whether
+/// `first`, the first entry of a new consumer, is what the leader holds: an `Err` if not, or if
+/// either is not known yet, and the consumer is not to be read (see the module doc).
+async fn consistent_at(log: &Log, last: Option<&Seen>, first: &Entry) -> Result<Option<u64>, LogError> {
+    if let Some(last) = last {
+        match log.holds(last).await? {
+            Some(true) => {}
+            Some(false) => return Ok(Some(last.seq)),
+            // Trimmed is fine (only trimming removes entries, and only once the store has held
+            // them for a message TTL); missing from the leader's copy is not known yet.
+            None if log.extent().await?.first_seq > last.seq => {}
+            None => return Err(LogError::Refused(format!("entry {} is not in the stream's leader", last.seq))),
+        }
+    }
+    match log.holds(&Seen::of(first)).await? {
+        Some(true) => Ok(None),
+        Some(false) => Err(LogError::Refused(format!(
+            "the consumer delivered entry {} otherwise than the stream's leader holds it",
+            first.seq
+        ))),
+        None => Err(LogError::Refused(format!("entry {} is not in the stream's leader yet", first.seq))),
     }
 }
 

@@ -4,8 +4,9 @@
 //! through the [`Publisher`], see `engine/cluster.rs`). Tested against real NATS and PostgreSQL:
 //! the log (`tests/cluster_log.rs`: dedup, a NATS server's crash, a NATS cluster's leader
 //! failover), the state machine and the applier (`tests/cluster_apply.rs`), and whole nodes
-//! (`tests/cluster_nodes.rs`: three nodes as one server, a node killed and restarted, a late
-//! node, NATS restarted, a NATS cluster losing its leader).
+//! (`tests/cluster_nodes.rs`: three nodes as one server, a node killed and restarted, a node
+//! stopped gracefully, a late node, NATS restarted, a NATS cluster losing its leader, the whole
+//! NATS cluster crashed and restarted, PostgreSQL stopped under the cluster).
 //!
 //! [`Op::Logged`]: crate::store::Op::Logged
 //!
@@ -20,6 +21,10 @@
 //!   (a Raft election), whether or not the meta leader died with it; meanwhile publishes time out.
 //! - The client's ordered consumer does not notice a consumer lost with a server for ~30 s, so
 //!   [`Log::read_from`] replaces it itself (see [`log`]).
+//! - After every server of a NATS cluster was SIGKILLed, a restarted server brings its consumers
+//!   back and may deliver from its own copy of the stream before the copies are reconciled, and
+//!   takes 5–30 s to take writes again: [`Log::read_from`] takes nothing from a consumer made
+//!   before a reconnection, and checks where it resumes against the stream's leader.
 //!
 //! # The design
 //!

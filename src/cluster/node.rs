@@ -1,12 +1,12 @@
 //! A server joining the cluster at start ([`Node::join`]) and leaving it at stop.
 //!
 //! Joining, after the engine was restored from PostgreSQL (the state at the store's log
-//! position): connect to NATS and open the stream (retrying while NATS is unreachable, for at
-//! most `--connect-timeout`), check that the store's position still fits the stream, start the
-//! [`Applier`] from that position, wait until it has applied every entry the stream held when
-//! asked, and only then hand the engine its [`ClusterLink`] and start publishing this node's
-//! session activity. The server accepts connections after that: a node serves nothing older
-//! than the log it joined.
+//! position): connect to NATS, open the stream and read its extent (retrying while NATS is
+//! unreachable or the stream has no leader yet, for at most `--connect-timeout`), check that the
+//! store's position still fits the stream, start the [`Applier`] from that position, wait until
+//! it has applied every entry the stream held when asked, and only then hand the engine its
+//! [`ClusterLink`] and start publishing this node's session activity. The server accepts
+//! connections after that: a node serves nothing older than the log it joined.
 //!
 //! **Retention.** The stream is made without an age limit, and the nodes trim it: every
 //! [`retention_interval`] each node reads the position PostgreSQL holds (`log_position`) and
@@ -103,7 +103,18 @@ impl Node {
             }
         };
         let from = resume_position(positions, stream);
-        let extent = log.extent().await.map_err(|e| fail(e.to_string()))?;
+        // A stream just made, or electing its leader (a NATS cluster starting), may not answer
+        // yet: also within --connect-timeout.
+        let extent = loop {
+            match log.extent().await {
+                Ok(extent) => break extent,
+                Err(e) if Instant::now() >= give_up => return Err(fail(e.to_string())),
+                Err(e) => {
+                    tracing::warn!("cannot read the cluster log's extent yet, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
         check_fits(from, extent.first_seq, extent.last_seq).map_err(fail)?;
         tracing::info!(from = from.seq, to = extent.last_seq, "catching up with the cluster log");
         let (handle, mut applier) = Applier::start(log.clone(), engine.clone(), from);

@@ -10,7 +10,11 @@
 //!    effect is unknown — exactly what a client already handles for a lost answer (it retries
 //!    with its own id, or reads back). The deadline bounds the whole: a try that would outlast
 //!    it is cut short.
-//! 3. Wait for the outcome the applier hands over once it applied the entry.
+//! 3. Wait for the outcome the applier hands over once it applied the entry — or, should the
+//!    applier move past the entry's sequence number without one (it had applied another entry
+//!    under that number: this node's log diverged, see [`LogError::Inconsistent`]), give up at
+//!    once rather than wait for an outcome that cannot come (the write's client waited until it
+//!    gave up, before).
 //!
 //! A publish acknowledged as a *duplicate* names the entry of the first publish with that id.
 //! If that entry was applied before this registration (a retry after an answer was lost), no
@@ -43,6 +47,11 @@ pub enum PublishError {
     /// outcome went to that publish. Applied by now: answer from the state.
     #[error("entry {0} with this id was applied already")]
     AlreadyApplied(u64),
+    /// JetStream stored the write as entry `{0}`, but this node had applied another entry under
+    /// that sequence number: its log diverged (see [`LogError::Inconsistent`]). The write is in
+    /// the log; this node will not apply it.
+    #[error("the cluster log stored this write as entry {0}, which this node had applied as another entry")]
+    NotApplied(u64),
 }
 
 /// Publishes writes and waits for their outcomes; see the module doc. Cheap to clone.
@@ -95,9 +104,19 @@ impl Publisher {
                 }
             };
         }
-        match outcome.await {
-            Ok(outcome) => Ok((stored.seq, outcome)),
-            Err(_) => Err(PublishError::ApplierStopped(stored.seq)),
+        let mut outcome = outcome;
+        tokio::select! {
+            biased;
+            got = &mut outcome => got.map(|o| (stored.seq, o)).map_err(|_| PublishError::ApplierStopped(stored.seq)),
+            passed = self.applier.wait_applied(stored.seq) => {
+                passed.map_err(|_| PublishError::ApplierStopped(stored.seq))?;
+                // The applier hands an entry's outcome over before it moves past the entry: none
+                // now means the entry it applied under this number was another one.
+                outcome.try_recv().map(|o| (stored.seq, o)).map_err(|_| {
+                    self.applier.forget(msg_id);
+                    PublishError::NotApplied(stored.seq)
+                })
+            }
         }
     }
 }

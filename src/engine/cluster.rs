@@ -95,7 +95,9 @@ impl Engine {
                 tracing::warn!(msg_id, ?waited, "a write was not acknowledged by the cluster log: {last}");
                 Err(EngineError::ClusterUnconfirmed)
             }
-            Err(e @ (PublishError::ApplierStopped(_) | PublishError::AlreadyApplied(_))) => {
+            Err(
+                e @ (PublishError::ApplierStopped(_) | PublishError::AlreadyApplied(_) | PublishError::NotApplied(_)),
+            ) => {
                 tracing::warn!(msg_id, "a write's outcome is unknown: {e}");
                 Err(EngineError::ClusterUnconfirmed)
             }

@@ -6,7 +6,9 @@
 //! only what it had written); [`Nats::restart`] starts it again on the same ports and storage.
 //! [`NatsCluster::start`] runs three such servers as one NATS cluster (routes between them, one
 //! cluster name), so a stream can have 3 replicas; [`NatsCluster::stream_leader`] and
-//! [`NatsCluster::meta_leader`] ask the monitoring port (`/jsz`) which server leads, to kill it.
+//! [`NatsCluster::meta_leader`] ask the monitoring port (`/jsz`) which server leads, to kill it;
+//! [`NatsCluster::kill_all`] (or [`NatsCluster::terminate_all`]) and [`NatsCluster::restart_all`]
+//! take the whole cluster down and up.
 //! Dropping either kills every server and deletes the storage, also when the test panicked.
 //!
 //! `nats-server` is found on `PATH`, else in `/usr/sbin` or `/usr/local/bin` (Debian installs it
@@ -132,6 +134,27 @@ impl Nats {
         }
     }
 
+    /// Waits until the server answers on its monitoring port (`/varz`): it runs and serves
+    /// clients, whatever its JetStream's state.
+    fn wait_serving(&mut self) {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nats-server {} exited ({status}) while starting:\n{}", self.name, self.log());
+            }
+            if get(self.monitor, "/varz").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not serving within {START_LIMIT:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `/jsz` of this server's monitoring port with stream details, as JSON; `None` if it does not
     /// answer.
     pub fn jsz(&self) -> Option<serde_json::Value> {
@@ -187,6 +210,43 @@ impl NatsCluster {
             server.wait_ready();
         }
         Self { servers }
+    }
+
+    /// SIGKILLs every server (the whole NATS cluster crashes at once) and waits until they are
+    /// gone.
+    pub fn kill_all(&mut self) {
+        for server in &mut self.servers {
+            server.kill();
+        }
+    }
+
+    /// SIGTERMs every server at once (the whole NATS cluster stopped) and waits until they are
+    /// gone.
+    pub fn terminate_all(&mut self) {
+        let ids: Vec<String> =
+            self.servers.iter().filter_map(|s| s.child.as_ref()).map(|c| c.id().to_string()).collect();
+        let sent = Command::new("kill").arg("-TERM").args(&ids).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM the nats-servers");
+        for server in &mut self.servers {
+            if let Some(mut child) = server.child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Starts every killed server again on its ports and storage, all at once (a server's
+    /// JetStream is ready only once a quorum of them is back), and waits until each serves
+    /// clients. Not until their JetStream is ready: after the whole cluster was down that takes
+    /// elections and catching up — in nats-server 2.9 anything from 5 s to over 30 s (a replica's
+    /// catch-up stalling for 10 s at a time) — and what the chatbus nodes need of it is theirs to
+    /// wait for.
+    pub fn restart_all(&mut self) {
+        for server in self.servers.iter_mut().filter(|s| !s.running()) {
+            server.spawn();
+        }
+        for server in &mut self.servers {
+            server.wait_serving();
+        }
     }
 
     /// Every server's URL, comma-separated (what a client gets to fail over between them).

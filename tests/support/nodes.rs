@@ -2,8 +2,8 @@
 //! is the real binary ([`Chatbus`]) with `--nats-url` on the test's own NATS ([`super::nats`])
 //! and `--database-url` on the test's own database ([`super::pg::TestDb`]).
 //!
-//! - [`Nodes`]: starts nodes with the same arguments, SIGKILLs one and starts it again, adds
-//!   one (waiting for it or not), and keeps the [`Ring`] of their clients current.
+//! - [`Nodes`]: starts nodes with the same arguments, SIGKILLs or SIGTERMs one and starts it
+//!   again, adds one (waiting for it or not), and keeps the [`Ring`] of their clients current.
 //! - [`Ring`]: the clients of the nodes that serve, shared with the load (a killed node leaves
 //!   it, a restarted or added one comes in on its port once it serves).
 //! - [`Senders`]: senders spread over the nodes that keep sending to one receiver, each moving
@@ -27,6 +27,7 @@ use super::wait::wait_until;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -118,6 +119,17 @@ impl Nodes {
         self.ring.remove(i);
         let mut bin = self.nodes[i].take().unwrap_or_else(|| panic!("node {i} is down already"));
         bin.kill();
+    }
+
+    /// SIGTERMs node `i` (a graceful stop) and waits for it to exit; it leaves the ring first (new
+    /// requests go to the other nodes, those in flight on it finish there). Returns its exit
+    /// status, its whole stderr, and how long it took to exit after the signal.
+    pub async fn terminate(&mut self, i: usize) -> (ExitStatus, String, Duration) {
+        self.ring.remove(i);
+        let mut bin = self.nodes[i].take().unwrap_or_else(|| panic!("node {i} is down already"));
+        let began = Instant::now();
+        let (status, stderr) = bin.terminate().await;
+        (status, stderr, began.elapsed())
     }
 
     /// Starts node `i` again (same arguments, a new port) and waits until it serves; it rejoins
