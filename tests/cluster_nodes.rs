@@ -1106,6 +1106,14 @@ async fn whole_nats_cluster_down_and_back(how: NatsDown) {
     // JetStream elects its leaders and catches up first (see `NatsCluster::restart_all`).
     nodes.wait_ready(200, Duration::from_secs(45)).await;
     let ready = down.elapsed();
+    // Ready means writes go through: not merely the connection back (JetStream refuses writes
+    // for seconds after that), but this node's last tick stored.
+    for (i, api) in nodes.apis() {
+        let body = format!("ready/{i}");
+        let r = api.try_send(&party.senders[i], party.receiver, &body).await.expect("an answer");
+        probes.insert(body);
+        assert_eq!(r.status, 200, "node {i} answered /readyz 200, yet a write: {r:?}");
+    }
     senders.progress(300, Duration::from_secs(30), "after NATS is back").await;
     eprintln!(
         "NATS cluster {how:?}; back after {restarted:?}, every node ready after {ready:?}, 300 more sends \

@@ -43,13 +43,17 @@ pub struct ClusterLink {
     log: Log,
     applier: ApplierHandle,
     publisher: Publisher,
+    /// Whether this node's last periodic publish (its `Tick`) was stored: JetStream takes writes.
+    /// A connection can be back while JetStream still refuses writes (a NATS cluster electing
+    /// its leaders for seconds after a restart): readiness follows this too.
+    writable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClusterLink {
     /// A link publishing into `log`, whose entries `applier` applies on this node.
     pub fn new(log: Log, applier: ApplierHandle) -> Self {
         let publisher = Publisher::new(log.clone(), applier.clone(), PUBLISH_DEADLINE);
-        Self { log, applier, publisher }
+        Self { log, applier, publisher, writable: Arc::new(std::sync::atomic::AtomicBool::new(true)) }
     }
 
     /// The applier applying the log on this node.
@@ -78,6 +82,8 @@ impl Engine {
             Err(NotReady::ClusterStopped)
         } else if !link.log.is_connected() {
             Err(NotReady::ClusterUnreachable)
+        } else if !link.writable.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(NotReady::ClusterNotWritable)
         } else {
             Ok(())
         }
@@ -225,16 +231,22 @@ impl Engine {
             let sessions: Vec<Arc<Session>> = shard.sessions.read().values().cloned().collect();
             served.extend(sessions.iter().filter(|s| s.take_served()).map(|s| s.uuid.to_string()));
         }
-        for chunk in served.chunks(TOUCH_CHUNK) {
-            let command = Command::Touch { sessions: chunk.to_vec() };
-            if let Err(e) = self.publish(&fresh_id(), &command).await {
-                tracing::debug!("cannot publish this node's session activity: {e}");
-                return;
+        let Some(link) = self.cluster.get() else { return };
+        let published = async {
+            for chunk in served.chunks(TOUCH_CHUNK) {
+                self.publish(&fresh_id(), &Command::Touch { sessions: chunk.to_vec() }).await?;
             }
-        }
-        if let Err(e) = self.publish(&fresh_id(), &Command::Tick).await {
-            tracing::debug!("cannot publish a tick: {e}");
-        }
+            self.publish(&fresh_id(), &Command::Tick).await
+        };
+        let stored = match published.await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("cannot publish this node's session activity and tick: {e}");
+                false
+            }
+        };
+        // What `/readyz` reports besides the connection: whether JetStream took the last one.
+        link.writable.store(stored, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -209,6 +209,10 @@ pub enum NotReady {
     /// Cluster mode: NATS is unreachable; writes are refused, polls answer from memory.
     #[error("not ready: the cluster log (NATS) is unreachable; writes are refused, polls answer from memory")]
     ClusterUnreachable,
+    /// Cluster mode: connected, but JetStream did not take this node's last periodic publish
+    /// (a NATS cluster electing its leaders after a restart, say): writes are refused meanwhile.
+    #[error("not ready: the cluster log (JetStream) is not taking writes; polls answer from memory")]
+    ClusterNotWritable,
     /// Cluster mode: this node stopped applying the log (see the log); it must be restarted.
     #[error("not ready: this node stopped applying the cluster log and must be restarted")]
     ClusterStopped,
