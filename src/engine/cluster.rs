@@ -24,7 +24,6 @@
 use super::{Effect, Engine, EngineError, NotReady, Session, SessionId, SessionView, UserView};
 use crate::clock::Clock;
 use crate::cluster::{ApplierHandle, Command, Log, PublishError, Publisher};
-use crate::writer::Refusal;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,13 +177,7 @@ impl Engine {
         body: &str,
         attachments: Option<String>,
     ) -> Result<Bytes, EngineError> {
-        if self.config.send_rate > 0 {
-            session.take_send_token(self.config.send_rate, Clock::wall_ns()).map_err(EngineError::SendRate)?;
-        }
-        self.writer.admit_send().map_err(|r| match r {
-            Refusal::QueueFull => EngineError::QueueFull,
-            Refusal::StoreStalled => EngineError::StoreStalled,
-        })?;
+        self.admit_send(session)?;
         session.touch(Clock::wall_ns());
         let message = SessionId::random().to_string();
         let command = Command::Send {

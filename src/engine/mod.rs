@@ -385,6 +385,19 @@ impl Engine {
         Polled { cursor, gap: read.gap }
     }
 
+    /// What a send must pass before anything changes, on one server and in cluster mode alike:
+    /// `--send-rate` for the session, and room in the write queue.
+    #[inline]
+    fn admit_send(&self, session: &Session) -> Result<(), EngineError> {
+        if self.config.send_rate > 0 {
+            session.take_send_token(self.config.send_rate, Clock::wall_ns()).map_err(EngineError::SendRate)?;
+        }
+        self.writer.admit_send().map_err(|r| match r {
+            Refusal::QueueFull => EngineError::QueueFull,
+            Refusal::StoreStalled => EngineError::StoreStalled,
+        })
+    }
+
     /// Sends a message from the session's user and returns its JSON, once it may be acknowledged.
     /// `body` and `attachments` must already be valid (see [`crate::http`]); `attachments` is
     /// compact JSON text of an object, or `None`.
@@ -399,13 +412,7 @@ impl Engine {
             return self.clustered_send(session, receiver_id, body, attachments).await;
         }
         let receiver = self.stored_user(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
-        if self.config.send_rate > 0 {
-            session.take_send_token(self.config.send_rate, Clock::wall_ns()).map_err(EngineError::SendRate)?;
-        }
-        self.writer.admit_send().map_err(|r| match r {
-            Refusal::QueueFull => EngineError::QueueFull,
-            Refusal::StoreStalled => EngineError::StoreStalled,
-        })?;
+        self.admit_send(session)?;
         let sender = &session.user;
         let uuid: u128 = rand::random();
         let (created, json) = deliver(sender, &receiver, uuid, body, attachments.as_deref(), || self.clock.next());
