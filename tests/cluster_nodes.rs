@@ -90,6 +90,22 @@ async fn assert_postgres_holds(db_url: &str, mailbox: &[Value], sent: &Sent) {
 }
 
 /// Waits until every receiver holds every acknowledged message, stops them, and checks what
+/// What every load test checks at its end: the poller and `streams` got every acknowledged
+/// message once, in order ([`receivers_got_everything`]), and every node shows the same mailbox,
+/// with no gap. Returns what the poller got and what the nodes show.
+async fn received_and_agreed(
+    nodes: &Nodes,
+    receiver_session: &str,
+    poller: RoundRobin,
+    streams: Vec<Sse>,
+    sent: &Sent,
+) -> (Vec<Value>, support::nodes::View) {
+    let polled = receivers_got_everything(poller, streams, sent).await;
+    let agreed = assert_nodes_agree(nodes, receiver_session, AGREE_LIMIT).await;
+    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    (polled, agreed)
+}
+
 /// each got (see [`assert_received`]); returns what the poller got.
 async fn receivers_got_everything(poller: RoundRobin, streams: Vec<Sse>, sent: &Sent) -> Vec<Value> {
     let acked = sent.acked_uuids();
@@ -159,9 +175,7 @@ async fn four_nodes_deliver_every_acknowledged_message_once_in_order_and_agree()
     assert_eq!((sent.unanswered, sent.unavailable), (0, 0), "every send acknowledged: nothing went wrong");
     assert!(sent.acked.values().any(|a| a.node == 2), "node 2 took sends");
 
-    let polled = receivers_got_everything(poller, vec![sse], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (polled, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse], &sent).await;
     assert_eq!(agreed.messages, polled, "the mailbox from the start is what the poller got, in order");
     assert_eq!(agreed.users.as_array().map(Vec::len), Some(SENDERS + 1), "{}", agreed.users);
     assert_eq!(agreed.sessions.as_array().map(Vec::len), Some(SENDERS + 1), "{}", agreed.sessions);
@@ -335,9 +349,8 @@ async fn a_node_killed_mid_load_loses_nothing_acknowledged_and_catches_up_on_res
     assert!(sent.acked.values().any(|a| a.node == 0 && a.at > back), "the restarted node took sends");
 
     assert_eq!(resuming.reconnects(), 1, "the stream on the killed node resumed on another");
-    let polled = receivers_got_everything(poller, vec![sse, resuming], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (polled, agreed) =
+        received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse, resuming], &sent).await;
     let shown: HashSet<String> = agreed.messages.iter().map(uuid_of).collect();
     assert!(polled.iter().all(|m| shown.contains(&uuid_of(m))), "the poller got nothing the nodes do not show");
     assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
@@ -380,9 +393,7 @@ async fn every_node_killed_at_once_loses_nothing_acknowledged() {
     let sent = senders.finish().await;
 
     assert!(resuming.reconnects() >= 1, "the stream resumed after the kill");
-    receivers_got_everything(poller, vec![resuming], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![resuming], &sent).await;
     assert_received("the mailbox from the start", &agreed.messages, &sent);
     assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     nodes.stop().await;
@@ -551,9 +562,7 @@ async fn nats_restarted_mid_load_writes_answer_503_meanwhile_and_nothing_acknowl
     // A write in flight when NATS went retries its publish for at most 5 s.
     assert!(sent.slowest_503 < Duration::from_secs(6), "a 503 took {:?}", sent.slowest_503);
 
-    receivers_got_everything(poller, vec![sse], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse], &sent).await;
     assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!(
         "{} acknowledged, {} answered 503 while NATS was away (the slowest after {:?})",
@@ -598,9 +607,7 @@ async fn the_stream_leader_lost_in_a_nats_cluster_loses_nothing_acknowledged() {
     );
     let sent = senders.finish().await;
 
-    receivers_got_everything(poller, vec![sse], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse], &sent).await;
     assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!("{} acknowledged, {} answered 503, {} unanswered", sent.acked.len(), sent.unavailable, sent.unanswered);
     nodes.stop().await;
@@ -645,9 +652,7 @@ async fn a_node_stopped_gracefully_mid_load_exits_0_and_loses_nothing() {
     assert!(sent.acked.values().any(|a| a.node == 0 && a.at > back), "the restarted node took sends");
 
     assert_eq!(resuming.reconnects(), 1, "the stream on the stopped node resumed on another");
-    receivers_got_everything(poller, vec![sse, resuming], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse, resuming], &sent).await;
     let acked = sent.acked_uuids();
     assert_exactly(&agreed.messages.iter().map(uuid_of).collect::<Vec<_>>(), &acked, "every node's mailbox");
     assert_received("the mailbox from the start", &agreed.messages, &sent);
@@ -1030,9 +1035,7 @@ async fn postgres_down_under_a_cluster_bounds_what_is_acknowledged_and_loses_not
     assert_eq!(sent.unanswered, 0, "every send answered");
     assert!(sent.unavailable > 0, "the senders met the bound");
 
-    receivers_got_everything(poller, vec![], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![], &sent).await;
     let acked = sent.acked_uuids();
     // A refused send changed nothing: exactly the acknowledged, everywhere.
     assert_exactly(&agreed.messages.iter().map(uuid_of).collect::<Vec<_>>(), &acked, "every node's mailbox");
@@ -1129,9 +1132,7 @@ async fn whole_nats_cluster_down_and_back(how: NatsDown) {
         assert_eq!(r.status, 200, "node {i} after NATS came back: {r:?}; it logged:\n{errors:#?}");
     }
 
-    receivers_got_everything(poller, vec![sse], &sent).await;
-    let agreed = assert_nodes_agree(&nodes, &party.receiver_session, AGREE_LIMIT).await;
-    assert_eq!(agreed.meta["gap"], false, "every message is in the mailbox");
+    let (_, agreed) = received_and_agreed(&nodes, &party.receiver_session, poller, vec![sse], &sent).await;
     assert_postgres_holds(db.url(), &agreed.messages, &sent).await;
     eprintln!("{} acknowledged, {} answered 503, {} unanswered", sent.acked.len(), sent.unavailable, sent.unanswered);
     nodes.stop().await;
