@@ -94,7 +94,9 @@ impl Engine {
         if !link.log.is_connected() || link.applier.is_stopped() {
             return Err(EngineError::ClusterUnavailable);
         }
-        match link.publisher.write(msg_id, command).await {
+        // Boxed: a publish's state (NATS client futures) is large, and every request's future
+        // (single-server ones too, held long-polls above all) would otherwise carry room for it.
+        match Box::pin(link.publisher.write(msg_id, command)).await {
             Ok((_, outcome)) => outcome,
             Err(PublishError::NotStored { waited, last }) => {
                 tracing::warn!(msg_id, ?waited, "a write was not acknowledged by the cluster log: {last}");
@@ -198,7 +200,8 @@ impl Engine {
     /// with the log's end (at most `SYNC_WAIT`, 2 s). Otherwise (and on one server) at once.
     pub async fn expect_session(&self, uuid: SessionId) {
         if self.config.cluster && self.session(uuid).is_err() {
-            self.sync().await;
+            // Boxed, like a publish: only this rare path pays for its size.
+            Box::pin(self.sync()).await;
         }
     }
 

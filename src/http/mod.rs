@@ -23,7 +23,8 @@ pub mod static_files;
 pub mod stream;
 pub mod users;
 
-use crate::engine::Engine;
+use crate::clock::Cursor;
+use crate::engine::{Engine, Session};
 use crate::metrics::Metrics;
 use body::ReadBody;
 pub use error::ApiError;
@@ -132,7 +133,19 @@ impl Api {
         let answer = match (resolved, body) {
             (Err(not_routed), _) => Err(ApiError::from(not_routed)),
             (Ok(_), _) if denied => Err(ApiError::Unauthorized),
-            (Ok(route), ReadBody::Complete(body)) => self.route(route, &parts, &body, upgrade).await,
+            (Ok(route), ReadBody::Complete(body)) => match self.route(route, &parts, &body, upgrade).await {
+                Ok(Routed::Answer(answer)) => Ok(answer),
+                Ok(Routed::Hold(session, cutoff, wait)) => {
+                    // The request head's bytes live in hyper's read buffer, which hyper has
+                    // replaced by now: let go of them, so a held long-poll keeps one buffer, not
+                    // two (about 8 KiB of the ~20 KiB a held request costs).
+                    drop((parts, body));
+                    // Boxed: the waiting state is large, and every request's future would
+                    // otherwise carry room for it.
+                    Box::pin(messages::hold_then_poll(&self.engine, session, cutoff, wait, &self.metrics)).await
+                }
+                Err(e) => Err(e),
+            },
             (Ok(Route::Options), _) => Ok(response::preflight(&parts.headers)),
             (Ok(_), ReadBody::TooLarge) => Err(ApiError::TooLarge),
             (Ok(_), ReadBody::Broken) => Err(ApiError::bad_request("request body: could not be read")),
@@ -147,29 +160,28 @@ impl Api {
         res
     }
 
-    /// Runs the route's handler.
+    /// Runs the route's handler; a long-poll to hold comes back to `handle` to be held.
     async fn route(
         &self,
         route: Route<'_>,
         parts: &Parts,
         body: &[u8],
         upgrade: Option<Upgrade>,
-    ) -> Result<HttpResponse, ApiError> {
+    ) -> Result<Routed, ApiError> {
         let e = &*self.engine;
         let query = parts.uri.query();
         if let Some(session) = route.session() {
             // Cluster mode: a session opened through another node an instant ago.
             e.expect_session(session).await;
         }
-        match route {
-            Route::MessagesPoll(session, cutoff) => match messages::poll(e, session, cutoff, query, self.max_wait)? {
-                messages::Polled::Now(answer) => Ok(answer),
-                // Boxed: the waiting state is large, and every request's future would otherwise
-                // carry room for it.
-                messages::Polled::Hold(session, cutoff, wait) => {
-                    Box::pin(messages::hold_then_poll(e, session, cutoff, wait, &self.metrics)).await
-                }
-            },
+        let answered = match route {
+            Route::MessagesPoll(session, cutoff) => {
+                return match messages::poll(e, session, cutoff, query, self.max_wait)? {
+                    messages::Polled::Now(answer) => Ok(Routed::Answer(answer)),
+                    // Held by `handle`, once it has let go of the request.
+                    messages::Polled::Hold(session, cutoff, wait) => Ok(Routed::Hold(session, cutoff, wait)),
+                };
+            }
             Route::MessagesSocket(session) => {
                 socket::open(&self.engine, session, query, &parts.headers, upgrade, self.heartbeat, &self.metrics)
             }
@@ -196,6 +208,15 @@ impl Api {
             Route::Readyz => ops::readyz(e),
             Route::Metrics => ops::metrics(&self.metrics),
             Route::Options => Ok(response::preflight(&parts.headers)),
-        }
+        };
+        answered.map(Routed::Answer)
     }
+}
+
+/// What a route's handler comes to.
+enum Routed {
+    /// The answer.
+    Answer(HttpResponse),
+    /// A long-poll to hold (see [`messages::hold_then_poll`]) once the request is let go of.
+    Hold(Arc<Session>, Option<Cursor>, std::time::Duration),
 }
