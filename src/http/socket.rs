@@ -115,12 +115,13 @@ async fn run(
     heartbeat: Duration,
 ) -> Result<(), WsError> {
     let mut position = start;
-    let mut read = Vec::with_capacity(MESSAGES_PER_FLUSH);
     let mut heard = Instant::now();
     let mut next_ping = Instant::now() + heartbeat;
     loop {
         // Deliver what is new.
-        read.clear();
+        // A fresh vector each round, grown only as far as this read needs: a stream waits holding
+        // none (room for a full read is 10 KiB, and there may be 100,000 streams).
+        let mut read = Vec::new();
         let mailbox = &hold.session().user.mailbox;
         let outcome = mailbox.read_messages(position.map(Cursor::as_ns), MESSAGES_PER_FLUSH, &mut read);
         if outcome.gap {

@@ -74,9 +74,10 @@ pub fn open(
 /// the client goes.
 async fn run(engine: Arc<Engine>, hold: Hold, start: Option<Cursor>, tx: mpsc::Sender<Bytes>, heartbeat: Duration) {
     let mut position = start;
-    let mut read = Vec::with_capacity(MESSAGES_PER_CHUNK);
     loop {
-        read.clear();
+        // A fresh vector each round, grown only as far as this read needs: a stream waits holding
+        // none (room for a full read is 10 KiB, and there may be 100,000 streams).
+        let mut read = Vec::new();
         let mailbox = &hold.session().user.mailbox;
         let outcome = mailbox.read_messages(position.map(Cursor::as_ns), MESSAGES_PER_CHUNK, &mut read);
         let mut chunk = BytesMut::new();
