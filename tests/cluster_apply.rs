@@ -407,6 +407,11 @@ async fn a_repeated_write_stores_nothing_twice_and_a_lost_log_is_a_clear_failure
     assert!(matches!(result, Err(PublishError::NotStored { .. })), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
     assert_eq!(node.applier.waiting(), 0, "the registration is withdrawn");
+    // A write whose client went away while it retried (its future dropped) withdraws it too.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(200), publisher.write("abandoned", &Command::Tick)).await;
+    assert!(abandoned.is_err(), "still retrying when its client went: {abandoned:?}");
+    assert_eq!(node.applier.waiting(), 0, "an abandoned write's registration is withdrawn");
 
     nats.restart();
     let (_, outcome) = node.run("after the restart", &Command::Tick).await;

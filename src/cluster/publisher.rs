@@ -77,6 +77,9 @@ impl Publisher {
         const MAX_PAUSE: Duration = Duration::from_millis(500);
         let started = Instant::now();
         let outcome = self.applier.expect(msg_id);
+        // However the write ends — also when its client goes away and this future is dropped —
+        // the registration goes with it (once the outcome was handed over, there is none left).
+        let _registered = Registered { applier: &self.applier, msg_id };
         let mut pause = FIRST_PAUSE;
         let stored = loop {
             // The last try gets only what is left of the deadline, not a whole request timeout.
@@ -85,7 +88,6 @@ impl Publisher {
             match tried.unwrap_or(Err(LogError::Timeout(left))) {
                 Ok(stored) => break stored,
                 Err(e) if started.elapsed() + pause >= self.deadline => {
-                    self.applier.forget(msg_id);
                     return Err(PublishError::NotStored { waited: started.elapsed(), last: e });
                 }
                 Err(e) => tracing::debug!(msg_id, "cluster log publish failed, retrying with the same id: {e}"),
@@ -98,10 +100,7 @@ impl Publisher {
             self.applier.wait_applied(stored.seq).await.map_err(|_| PublishError::ApplierStopped(stored.seq))?;
             return match tokio::time::timeout(Duration::ZERO, outcome).await {
                 Ok(Ok(outcome)) => Ok((stored.seq, outcome)),
-                _ => {
-                    self.applier.forget(msg_id);
-                    Err(PublishError::AlreadyApplied(stored.seq))
-                }
+                _ => Err(PublishError::AlreadyApplied(stored.seq)),
             };
         }
         let mut outcome = outcome;
@@ -112,11 +111,20 @@ impl Publisher {
                 passed.map_err(|_| PublishError::ApplierStopped(stored.seq))?;
                 // The applier hands an entry's outcome over before it moves past the entry: none
                 // now means the entry it applied under this number was another one.
-                outcome.try_recv().map(|o| (stored.seq, o)).map_err(|_| {
-                    self.applier.forget(msg_id);
-                    PublishError::NotApplied(stored.seq)
-                })
+                outcome.try_recv().map(|o| (stored.seq, o)).map_err(|_| PublishError::NotApplied(stored.seq))
             }
         }
+    }
+}
+
+/// A write's registration for its outcome, withdrawn when dropped.
+struct Registered<'a> {
+    applier: &'a ApplierHandle,
+    msg_id: &'a str,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.applier.forget(self.msg_id);
     }
 }
