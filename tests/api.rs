@@ -887,6 +887,45 @@ async fn after_an_early_answer_the_connection_stays_usable_or_is_closed_cleanly(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A body that arrives in pieces (after the head, split mid-text, or as several chunks of a
+/// chunked body, each written on its own) is read whole: the stored message is the full text.
+/// (A body that arrived with its head is taken without waiting; these take the waiting path.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_arriving_in_pieces_is_read_whole() {
+    let srv = TestServer::sqlite(&[]).await;
+    let a = srv.user("alice").await;
+    let sa = srv.session(a).await;
+    let text = "é".repeat(300) + " the end";
+    let body = json!({"receiver_id": a, "body": text}).to_string().into_bytes();
+    let path = format!("/api/message/{sa}");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: chatbus\r\nContent-Length: {}\r\n\r\n", body.len());
+    let chunked = chunked_post(&path, &body);
+    let chunked_head_len = chunked.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    // Where each request is cut, and written piece by piece with a pause between.
+    let cases: Vec<(&str, Vec<u8>, Vec<usize>)> = vec![
+        ("Content-Length, body after the head", [head.as_bytes(), &body].concat(), vec![head.len()]),
+        (
+            "Content-Length, body in three pieces",
+            [head.as_bytes(), &body].concat(),
+            vec![head.len() + 7, head.len() + 301, head.len() + body.len() - 3],
+        ),
+        ("chunked, chunks written one by one", chunked.clone(), vec![chunked_head_len, chunked_head_len + 40]),
+    ];
+    for (what, req, cuts) in cases {
+        let mut conn = RawConn::connect(srv.addr()).await;
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([req.len()]) {
+            conn.write(&req[from..cut]).await.expect("write");
+            from = cut;
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let r = conn.must_read().await;
+        assert_eq!(r.status, 200, "{what}: {:?}", r.json());
+        assert_eq!(r.json()["response"]["body"], text.as_str(), "{what}");
+    }
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_take_precedence_in_the_documented_order() {
     let srv = TestServer::sqlite(&[]).await;

@@ -416,7 +416,8 @@ impl Engine {
         let sender = &session.user;
         let uuid: u128 = rand::random();
         let (created, json) = deliver(sender, &receiver, uuid, body, attachments.as_deref(), || self.clock.next());
-        session.touch(Clock::wall_ns());
+        // The message's timestamp is this instant's wall clock (or just past it): no second read.
+        session.touch(created);
         let op = Op::Message(MessageRow {
             uuid,
             created_ns: created,

@@ -2,6 +2,7 @@
 //! dropped to keep a connection usable, within [`BODY_TIMEOUT`].
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap};
@@ -39,18 +40,26 @@ pub async fn read(headers: &HeaderMap, mut body: Incoming, keep: usize) -> (Read
         // Not worth reading just to throw away: answer and close.
         return (ReadBody::TooLarge, false);
     }
-    let mut data = BytesMut::new();
-    let mut total = 0u64;
+    let mut kept = Kept::default();
+    // A small body has usually arrived with the head: take what is there without a timer (and
+    // without a clock read), and only then wait, within the timeout, for the rest.
+    loop {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                if let Some(outcome) = kept.take(frame, keep) {
+                    return (outcome, false);
+                }
+            }
+            Some(Some(Err(_))) => return (ReadBody::Broken, false),
+            Some(None) => return kept.finish(keep),
+            None => break,
+        }
+    }
     let read = tokio::time::timeout(BODY_TIMEOUT, async {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { return Some(ReadBody::Broken) };
-            let Ok(chunk) = frame.into_data() else { continue }; // trailers
-            total += chunk.len() as u64;
-            if total > MAX_DRAIN {
-                return Some(ReadBody::TooLarge);
-            }
-            if total <= keep as u64 {
-                data.extend_from_slice(&chunk);
+            if let Some(outcome) = kept.take(frame, keep) {
+                return Some(outcome);
             }
         }
         None
@@ -59,7 +68,49 @@ pub async fn read(headers: &HeaderMap, mut body: Incoming, keep: usize) -> (Read
     match read {
         Err(_) => (ReadBody::TimedOut, false),
         Ok(Some(outcome)) => (outcome, false),
-        Ok(None) if total > keep as u64 => (ReadBody::TooLarge, true),
-        Ok(None) => (ReadBody::Complete(data.freeze()), true),
+        Ok(None) => kept.finish(keep),
+    }
+}
+
+/// What a body read keeps: a body that came in one chunk is kept as that chunk, not copied.
+#[derive(Default)]
+struct Kept {
+    first: Option<Bytes>,
+    more: BytesMut,
+    total: u64,
+}
+
+impl Kept {
+    /// Takes one frame; `Some` when reading must stop (the body is over [`MAX_DRAIN`]).
+    fn take(&mut self, frame: hyper::body::Frame<Bytes>, keep: usize) -> Option<ReadBody> {
+        let Ok(chunk) = frame.into_data() else { return None }; // trailers
+        self.total += chunk.len() as u64;
+        if self.total > MAX_DRAIN {
+            return Some(ReadBody::TooLarge);
+        }
+        if self.total <= keep as u64 {
+            match &self.first {
+                None if self.more.is_empty() => self.first = Some(chunk),
+                _ => {
+                    if let Some(first) = self.first.take() {
+                        self.more.extend_from_slice(&first);
+                    }
+                    self.more.extend_from_slice(&chunk);
+                }
+            }
+        }
+        None
+    }
+
+    /// The body's end reached.
+    fn finish(self, keep: usize) -> (ReadBody, bool) {
+        if self.total > keep as u64 {
+            return (ReadBody::TooLarge, true);
+        }
+        let body = match self.first {
+            Some(first) => first,
+            None => self.more.freeze(),
+        };
+        (ReadBody::Complete(body), true)
     }
 }
