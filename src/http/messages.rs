@@ -11,7 +11,8 @@ use crate::render;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a poll comes to: an answer now, or a wait (a long-poll with nothing to answer yet).
+/// What a request's handler comes to: an answer now, or a wait (a long-poll with nothing to
+/// answer yet).
 #[derive(Debug)]
 pub enum Polled {
     /// The answer.
