@@ -382,13 +382,19 @@ struct Reader {
 }
 
 impl Reader {
+    /// After a reconnection: a new consumer, and every entry checked for a while.
+    fn reconnected(&mut self) {
+        self.messages = None;
+        self.verify_until = Some(tokio::time::Instant::now() + VERIFY_AFTER_RECONNECTION);
+    }
+
     /// The next entry; `None` only when the connection is gone for good (the `Log` was dropped).
     async fn next(&mut self) -> Option<Result<Entry, LogError>> {
         /// How long to wait before making a consumer again after a failure.
         const RETRY: Duration = Duration::from_millis(100);
         /// How long without an entry before asking the stream whether the consumer is stuck.
         const STALLED: Duration = Duration::from_secs(1);
-        /// How long to wait before a new consumer after one whose first entry failed its check.
+        /// How long to wait before a new consumer after one whose entry failed its check.
         const UNCHECKED: Duration = Duration::from_millis(250);
         if self.inconsistent {
             return None;
@@ -421,28 +427,26 @@ impl Reader {
                         Ok(entry) if entry.seq < self.next => {}
                         Ok(entry) => {
                             // The first entry of a new consumer (ours, or one the client made
-                            // again): check it and the last one read against the stream.
-                            if message.info().is_ok_and(|info| info.consumer_sequence == 1) {
-                                match consistent_at(&self.log, self.last.as_ref(), &entry).await {
-                                    Ok(None) => {}
-                                    Ok(Some(seq)) => {
-                                        self.inconsistent = true;
-                                        return Some(Err(LogError::Inconsistent { seq }));
-                                    }
-                                    Err(e) => {
-                                        // Not known yet, or this consumer's server delivers
-                                        // otherwise than the leader holds (nothing of it was
-                                        // taken): a new consumer, and the check again.
-                                        tracing::warn!("cluster log: entry {} not taken: {e}", entry.seq);
-                                        self.messages = None;
-                                        tokio::time::sleep(UNCHECKED).await;
-                                        continue;
-                                    }
-                                }
+                            // again): it and the last one read, against the stream's leader. Soon
+                            // after a reconnection: every entry.
+                            let checked = if message.info().is_ok_and(|info| info.consumer_sequence == 1) {
+                                consistent_at(&self.log, self.last.as_ref(), &entry).await
                             } else if self.verify_until.is_some_and(|until| tokio::time::Instant::now() < until) {
-                                // Soon after a reconnection: every entry, not only the first.
-                                if let Err(e) = leader_holds(&self.log, &entry).await {
-                                    tracing::warn!("cluster log: entry {} not taken (checked after a reconnection): {e}", entry.seq);
+                                leader_holds(&self.log, &entry).await.map(|()| None)
+                            } else {
+                                Ok(None)
+                            };
+                            match checked {
+                                Ok(None) => {}
+                                Ok(Some(seq)) => {
+                                    self.inconsistent = true;
+                                    return Some(Err(LogError::Inconsistent { seq }));
+                                }
+                                Err(e) => {
+                                    // Not known yet, or this consumer's server delivers otherwise
+                                    // than the leader holds (nothing of it was taken): a new
+                                    // consumer, and the check again.
+                                    tracing::warn!("cluster log: entry {} not taken: {e}", entry.seq);
                                     self.messages = None;
                                     tokio::time::sleep(UNCHECKED).await;
                                     continue;
@@ -473,14 +477,6 @@ impl Reader {
                 }
             }
         }
-    }
-}
-
-impl Reader {
-    /// After a reconnection: a new consumer, and every entry checked for a while.
-    fn reconnected(&mut self) {
-        self.messages = None;
-        self.verify_until = Some(tokio::time::Instant::now() + VERIFY_AFTER_RECONNECTION);
     }
 }
 

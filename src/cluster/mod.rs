@@ -24,7 +24,8 @@
 //! - After every server of a NATS cluster was SIGKILLed, a restarted server brings its consumers
 //!   back and may deliver from its own copy of the stream before the copies are reconciled, and
 //!   takes 5–30 s to take writes again: [`Log::read_from`] takes nothing from a consumer made
-//!   before a reconnection, and checks where it resumes against the stream's leader.
+//!   before a reconnection, checks where it resumes against the stream's leader, and for a minute
+//!   after a reconnection checks every entry so.
 //!
 //! # The design
 //!
