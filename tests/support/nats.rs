@@ -116,38 +116,29 @@ impl Nats {
 
     /// Waits until `/healthz` says the server and its JetStream are ready.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("nats-server {} exited ({status}) while starting:\n{}", self.name, self.log());
-            }
-            if get(self.monitor, "/healthz").is_some_and(|body| body.contains("\"ok\"")) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} not ready within {START_LIMIT:?}:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_until_answers("/healthz", "ready", |body| body.contains("\"ok\""));
     }
 
     /// Waits until the server answers on its monitoring port (`/varz`): it runs and serves
     /// clients, whatever its JetStream's state.
     fn wait_serving(&mut self) {
+        self.wait_until_answers("/varz", "serving", |_| true);
+    }
+
+    /// Waits until the monitoring port's `path` answers with a body `accepted` takes; fails
+    /// loudly if the server exits or [`START_LIMIT`] passes first (`what` names the state).
+    fn wait_until_answers(&mut self, path: &str, what: &str, accepted: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + START_LIMIT;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("nats-server {} exited ({status}) while starting:\n{}", self.name, self.log());
             }
-            if get(self.monitor, "/varz").is_some() {
+            if get(self.monitor, path).is_some_and(|body| accepted(&body)) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "nats-server {} not serving within {START_LIMIT:?}:\n{}",
+                "nats-server {} not {what} within {START_LIMIT:?}:\n{}",
                 self.name,
                 self.log()
             );
