@@ -149,7 +149,10 @@ async fn run(args: Args) -> Result<()> {
     while !gauge_name.is_empty() {
         let held = match gauge(&watch, gauge_name).await {
             Ok(held) => held,
-            Err(_) if Instant::now() < deadline => continue,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if held as usize >= args.holds {
