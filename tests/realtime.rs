@@ -125,6 +125,34 @@ async fn closing_the_session_ends_a_held_poll_and_holding_keeps_it_alive() {
     srv.stop().await;
 }
 
+/// A client that goes away while its long-poll is held ends the hold (the request future is
+/// dropped with everything it held): the waiting gauge falls back to 0, and the session, no
+/// longer kept alive by it, expires by its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_whose_client_goes_away_ends_its_hold() {
+    let srv = TestServer::sqlite(&["--session-ttl", "1s"]).await;
+    let api = srv.api();
+    let a = api.user("a").await;
+    let s = api.session(a).await;
+    let mut conn = TcpStream::connect(srv.addr()).await.expect("connect");
+    let request = format!("GET /api/messages/{s}?wait=60s HTTP/1.1\r\nHost: chatbus\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("write");
+    wait_until("the poll to be held", Duration::from_secs(10), || async {
+        api.get("/metrics").await.text().contains("chatbus_waiting_polls 1")
+    })
+    .await;
+    drop(conn);
+    wait_until("the hold to end with its client", Duration::from_secs(10), || async {
+        api.get("/metrics").await.text().contains("chatbus_waiting_polls 0")
+    })
+    .await;
+    wait_until("the session to expire once nothing holds it", Duration::from_secs(10), || async {
+        api.get(&format!("/api/contacts/{s}")).await.status == 404
+    })
+    .await;
+    srv.stop().await;
+}
+
 /// A graceful stop answers held polls at once (200 with what they have) and ends streams, and
 /// still completes within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
