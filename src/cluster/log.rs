@@ -38,8 +38,7 @@
 //!   rather than diverge. Two requests per new consumer.
 //! - **For a minute after a reconnection it checks every entry** the same way (one request each,
 //!   so a round trip to the leader per entry bounds how fast a node applies meanwhile; not
-//!   measured): a restarted server's
-//!   copy can agree with the leader on the first entry a consumer delivers and differ further on
+//!   measured): a restarted server's copy can agree with the leader on the first entry a consumer delivers and differ further on
 //!   (after the whole 3-server NATS cluster was stopped and restarted, one node took such entries
 //!   and diverged from the 310th message on, once in many runs). An entry the leader does not
 //!   hold as delivered is not taken; a new consumer is made a moment later.
