@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the hot path: ring push, mailbox reads returning k messages from
-//! mailboxes of different capacities (cost must follow k, not capacity), rendering a poll
+//! mailboxes of different capacities (cost must follow k, not capacity), a whole 1024-message
+//! answer for messages of growing size (its cost must not follow the bytes), rendering a poll
 //! answer, and a send through the engine.
 //!
 //! `cargo bench --bench engine`
@@ -74,13 +75,44 @@ fn poll(c: &mut Criterion) {
                 black_box(o)
             })
         });
-        // The handler's path: copy into one buffer and write the envelope in front.
+        // The handler's path: short runs copied into one buffer, long ones kept, the envelope
+        // written in front.
         g.bench_function(BenchmarkId::new(format!("answer/cap{cap}"), k), |b| {
             b.iter(|| {
                 let mut answer = render::PollAnswer::new();
-                let o = mb.read_into(black_box(cutoff), answer.messages());
+                let o = mb.read_into(black_box(cutoff), &mut answer);
                 let cursor = o.newest.map(Cursor::from_ns).unwrap_or(Cursor { unix: 0, nano: 0 });
                 black_box(answer.finish(cursor, o.gap))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A whole 1024-message poll answer for messages of growing size: building the answer (the
+/// handler's path, which keeps long runs) against copying the same messages into one buffer.
+/// The copy grows with the bytes; the answer must not.
+fn poll_bytes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("poll_bytes");
+    for size in [64usize, 256, 1024] {
+        let mb = Mailbox::new(1024);
+        let json = format!("{{\"body\":\"{}\"}}", "x".repeat(size - 11));
+        for t in 1..=1024 {
+            mb.lock().push(t, &json);
+        }
+        g.throughput(Throughput::Bytes(1024 * size as u64));
+        g.bench_function(BenchmarkId::new("answer", size), |b| {
+            b.iter(|| {
+                let mut answer = render::PollAnswer::new();
+                let o = mb.read_into(black_box(None), &mut answer);
+                black_box(answer.finish(Cursor::from_ns(o.newest.unwrap_or(0)), o.gap))
+            })
+        });
+        let mut out = bytes::BytesMut::new();
+        g.bench_function(BenchmarkId::new("copy", size), |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(mb.read_into(black_box(None), &mut out))
             })
         });
     }
@@ -138,6 +170,6 @@ fn send(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
-    targets = ring_push, poll, render_answer, send
+    targets = ring_push, poll, poll_bytes, render_answer, send
 }
 criterion_main!(benches);

@@ -70,6 +70,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use smallvec::SmallVec;
 use sync::{fence, AtomicI64, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
 /// The atomics and the writer mutex: std and parking_lot normally, loom's under `chatbus_loom`.
@@ -116,11 +117,20 @@ struct Entry {
     pos: u64,
     /// Server timestamp, nanoseconds since the epoch; strictly increasing along `pos`.
     created: i64,
-    /// Bytes of JSON pushed into this mailbox before this entry, so a read can size its answer
-    /// from its first and last entry alone.
+    /// Bytes pushed into this mailbox before this entry (the sum of the pieces' lengths).
     offset: u64,
-    /// The message rendered as a JSON object, once, when it was sent.
-    json: Bytes,
+    /// The number of the segment `piece` lies in (see "Segments" in the module doc).
+    segment: u64,
+    /// A comma, then the message rendered as a JSON object: a slice of its segment, right after
+    /// the piece of the entry pushed before it when that is in the same segment.
+    piece: Bytes,
+}
+
+impl Entry {
+    /// The message's JSON object.
+    fn json(&self) -> Bytes {
+        self.piece.slice(1..)
+    }
 }
 
 /// The slots: push `pos` lives in slot `pos % slots.len()`.
@@ -176,10 +186,99 @@ pub struct Mailbox {
 struct WriterState {
     /// The lowest `pos` that has not left (culled or pushed out).
     tail: u64,
-    /// Bytes of JSON pushed so far (the next entry's `offset`).
+    /// Bytes pushed so far (the next entry's `offset`).
     bytes: u64,
     /// The most messages the mailbox holds.
     capacity: u32,
+    /// The unwritten rest of the current segment: pieces are appended here and split off.
+    segment: BytesMut,
+    /// The current segment's number; a new segment takes the next.
+    segment_no: u64,
+}
+
+/// The smallest segment a mailbox allocates (tiny under loom, so that the model spans several).
+#[cfg(not(chatbus_loom))]
+const MIN_SEGMENT: usize = 512;
+/// The smallest segment a mailbox allocates (tiny under loom, so that the model spans several).
+#[cfg(chatbus_loom)]
+const MIN_SEGMENT: usize = 4;
+/// The largest segment a mailbox allocates for pieces that fit in one.
+const MAX_SEGMENT: usize = 64 * 1024;
+
+/// The JSON of consecutive messages, comma-separated, as one slice of a segment: what a read
+/// hands to an [`Append`]. Holds a reference on the segment, so it stays valid whatever the
+/// mailbox does meanwhile.
+#[derive(Debug)]
+pub struct Run {
+    /// The piece of the run's first entry; its reference keeps the whole segment alive.
+    first: Bytes,
+    /// The segment `first` lies in.
+    segment: u64,
+    /// Bytes of the run from `first`'s start: its entries' pieces, which follow one another.
+    len: usize,
+    /// Whether the run starts a read's answer, and so leaves out its first piece's comma.
+    leading: bool,
+}
+
+impl Run {
+    /// The run's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        let skip = usize::from(self.leading);
+        // SAFETY: a `Run` is made only by `Mailbox::read_into`, which starts it with an entry's
+        // piece and extends it (`extends`) only by pieces of the same segment that begin exactly
+        // where the run ends, so `len` bytes from `first`'s start are pieces of that segment,
+        // one after another, in one allocation. `first` holds a reference on that allocation
+        // (a `Bytes` split off the segment's `BytesMut`), so it lives as long as `self`. Those
+        // bytes were written before their entries were published (Release store of the slot,
+        // loaded with Acquire by the read) and a piece is never written again: a writer only
+        // appends into the unsplit rest of the segment, past every piece. `skip` is 0 or 1 and
+        // every piece holds at least its comma, so `skip <= len`.
+        unsafe { std::slice::from_raw_parts(self.first.as_ptr().add(skip), self.len - skip) }
+    }
+
+    /// Whether `piece` of `segment` continues this run: same segment, starting where it ends.
+    fn extends(&self, segment: u64, piece: &Bytes) -> bool {
+        segment == self.segment && (self.first.as_ptr() as usize).wrapping_add(self.len) == piece.as_ptr() as usize
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len - usize::from(self.leading)
+    }
+
+    /// Whether the run holds no byte (never, for a run a read made).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The run as `Bytes`, without copying: the segment stays alive while they do.
+    pub fn into_bytes(self) -> Bytes {
+        if self.len == self.first.len() {
+            let skip = usize::from(self.leading);
+            return self.first.slice(skip..);
+        }
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Run {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Where a read appends the runs it found, oldest first; their concatenation is the
+/// comma-separated JSON of the messages (the inside of a poll answer's array).
+pub trait Append {
+    /// Appends one run: copying it, or keeping it (see [`Run::into_bytes`]).
+    fn append(&mut self, run: Run);
+}
+
+/// Copies.
+impl Append for BytesMut {
+    fn append(&mut self, run: Run) {
+        self.extend_from_slice(run.as_slice());
+    }
 }
 
 /// What a read found besides the entries themselves.
@@ -282,13 +381,14 @@ impl Mailbox {
     /// `out`, **oldest first**, separated by commas — the inside of a poll answer's array — and
     /// reports the newest one and whether there is a gap. The poll's hot path.
     ///
-    /// Lock-free and without reference counting. Pinned once, it loads the head and then the
-    /// ring, finds the oldest entry to return (`seek`: O(log k) loads for k messages returned, 1
-    /// for an empty poll), sizes the answer from the first and last entry's `offset`, and copies
-    /// forward. If an entry left during the copy (a writer lapped the ring), everything copied
-    /// before it is dropped, so the answer stays one contiguous run of the newest entries, and
-    /// the watermark (loaded last) reports the gap.
-    pub fn read_into(&self, cutoff: Option<i128>, out: &mut BytesMut) -> ReadOutcome {
+    /// Lock-free, and it copies nothing: pinned once, it loads the head and then the ring, finds
+    /// the oldest entry to return (`seek`: O(log k) loads for k messages returned, 1 for an
+    /// empty poll), and walks forward gathering the entries into [`Run`]s, one per segment
+    /// spanned — a reference count taken per run, not per message. `out` then copies them or
+    /// keeps them. If an entry left during the walk (a writer lapped the ring), the runs before
+    /// it are dropped, so the answer stays one contiguous run of the newest entries, and the
+    /// watermark (loaded last) reports the gap.
+    pub fn read_into(&self, cutoff: Option<i128>, out: &mut impl Append) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let Some(ring) = self.ring(&guard) else {
@@ -296,36 +396,40 @@ impl Mailbox {
             return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
         };
         let start = seek(ring, head, cutoff, &guard);
-        if let (Some(first), Some(last)) = (ring.entry(start, &guard), ring.entry(head.wrapping_sub(1), &guard)) {
-            let bytes = (last.offset + last.json.len() as u64).saturating_sub(first.offset) + (head - start);
-            out.reserve(usize::try_from(bytes).unwrap_or(0));
-        }
-        let base = out.len();
+        let mut runs: SmallVec<[Run; 4]> = SmallVec::new();
         let mut newest = None;
         for pos in start..head {
             match ring.entry(pos, &guard) {
                 Some(e) => {
-                    if out.len() > base {
-                        out.put_u8(b',');
+                    match runs.last_mut() {
+                        Some(run) if run.extends(e.segment, &e.piece) => run.len += e.piece.len(),
+                        _ => runs.push(Run {
+                            first: e.piece.clone(),
+                            segment: e.segment,
+                            len: e.piece.len(),
+                            leading: runs.is_empty(),
+                        }),
                     }
-                    out.extend_from_slice(&e.json);
                     newest = Some(e.created);
                 }
                 None => {
-                    out.truncate(base);
+                    runs.clear();
                     newest = None;
                 }
             }
         }
         drop(guard);
+        for run in runs {
+            out.append(run);
+        }
         ReadOutcome { newest, gap: self.gap_after(cutoff) }
     }
 
     /// The oldest of the messages created strictly after `cutoff` (all when `None`), at most
     /// `limit` of them, as `(created, json)` — for streams, which frame each message on its own.
     /// The same lock-free read as [`Mailbox::read_into`]: a contiguous run of pushes, oldest
-    /// first, with the gap reported from the watermark loaded after it. Reference counts are
-    /// taken on the JSON (no copy).
+    /// first, with the gap reported from the watermark loaded after it. A reference count is
+    /// taken on each message's segment (no copy).
     pub fn read_messages(&self, cutoff: Option<i128>, limit: usize, out: &mut Vec<(i64, Bytes)>) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
@@ -338,7 +442,7 @@ impl Mailbox {
         let base = out.len();
         for pos in start..end {
             match ring.entry(pos, &guard) {
-                Some(e) => out.push((e.created, e.json.clone())),
+                Some(e) => out.push((e.created, e.json())),
                 None => out.truncate(base), // lapped under us: keep the run contiguous
             }
         }
@@ -504,7 +608,8 @@ impl MailboxWriter<'_> {
     /// when it is full and below the mailbox's capacity; otherwise overwrites the oldest.
     /// Returns whether a waiter may be waiting for it: then the caller wakes them (after letting
     /// go of this guard). With nobody waiting it costs a fence and one load.
-    pub fn push(&mut self, created: i64, json: Bytes) -> bool {
+    pub fn push(&mut self, created: i64, json: impl AsRef<[u8]>) -> bool {
+        let json = json.as_ref();
         let mb = self.mailbox;
         let pos = mb.head.load(Ordering::Relaxed);
         let guard = epoch::pin();
@@ -519,8 +624,9 @@ impl MailboxWriter<'_> {
         };
         let Some(ring) = ring else { return false }; // unreachable: a ring of at least one slot exists now
         let offset = self.state.bytes;
-        self.state.bytes += json.len() as u64;
-        let new = Owned::new(Entry { pos, created, offset, json }).into_shared(&guard);
+        let (segment, piece) = self.append_piece(ring, json, &guard);
+        self.state.bytes += piece.len() as u64;
+        let new = Owned::new(Entry { pos, created, offset, segment, piece }).into_shared(&guard);
         self.replace(ring, pos, new, &guard);
         mb.head.store(pos + 1, Ordering::Release);
         let oldest = (pos + 1).saturating_sub(ring.slots.len() as u64);
@@ -530,6 +636,29 @@ impl MailboxWriter<'_> {
         // Pairs with the fence in `register_waiter` (see there).
         fence(Ordering::SeqCst);
         mb.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Writes a comma and `json` into the current segment — first starting a new one if they do
+    /// not fit — and splits them off as the new entry's piece, with the segment's number.
+    ///
+    /// A new segment is as large as the bytes the ring holds (at least [`MIN_SEGMENT`], at most
+    /// [`MAX_SEGMENT`], and always room for this piece): a busy mailbox's answers span a few
+    /// segments, while what a segment holds beyond its live pieces stays within about what the
+    /// mailbox holds. The old segment is freed when its last piece leaves (and no answer holds
+    /// it). Appending within the capacity never reallocates, which keeps a segment's pieces in
+    /// one allocation (see [`Run::as_slice`]).
+    fn append_piece(&mut self, ring: &Ring, json: &[u8], guard: &Guard) -> (u64, Bytes) {
+        let state = &mut *self.state;
+        let need = json.len() + 1;
+        if state.segment.capacity() - state.segment.len() < need {
+            let held = ring.entry(state.tail, guard).map_or(0, |oldest| state.bytes - oldest.offset);
+            let size = usize::try_from(held).unwrap_or(MAX_SEGMENT).clamp(MIN_SEGMENT, MAX_SEGMENT).max(need);
+            state.segment = BytesMut::with_capacity(size);
+            state.segment_no += 1;
+        }
+        state.segment.put_u8(b',');
+        state.segment.extend_from_slice(json);
+        (state.segment_no, state.segment.split().freeze())
     }
 
     /// Records that a message created at `ns` left without being pushed here (used by restore
@@ -567,6 +696,8 @@ impl MailboxWriter<'_> {
         let len = ring.slots.len();
         if held == 0 {
             self.install(0, &guard);
+            // Nothing left to share it with: let the segment go (pieces still read keep it).
+            self.state.segment = BytesMut::new();
         } else if held <= len / 4 && len > MIN_RING {
             self.install((held * 2).max(MIN_RING), &guard);
         }

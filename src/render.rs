@@ -5,6 +5,7 @@
 //! through `serde_json`.
 
 use crate::clock::Cursor;
+use crate::mailbox::{Append, Run};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -119,11 +120,27 @@ pub fn error(code: u16, message: &str) -> Bytes {
 /// <9 digits>},"gap":false},"response":[`).
 const HEAD_ROOM: usize = 128;
 
-/// A messages answer built in one buffer: the mailbox copies the messages in, then the envelope
-/// is written into the room left in front of them — no second copy of the messages.
+/// Runs of messages at least this long are kept as the mailbox holds them (a reference on its
+/// segment, written out with the rest by vectored I/O); shorter ones are copied, which costs less
+/// than the reference and the extra piece.
+pub const KEEP_FROM: usize = 4096;
+
+/// What closes a messages answer.
+const SUFFIX: &[u8] = b"]}";
+
+/// A messages answer being built: the mailbox appends the messages' runs (see
+/// [`crate::mailbox::Mailbox::read_into`]), then the envelope is written into the room left in
+/// front of them. Short runs are copied into one buffer; long runs are kept as they are, so a
+/// large answer is the envelope plus a few slices of the mailbox's own memory — its size does
+/// not change what building it costs.
 #[derive(Debug)]
 pub struct PollAnswer {
-    buf: BytesMut,
+    /// [`HEAD_ROOM`], then the messages copied before any run was kept.
+    head: BytesMut,
+    /// After `head`: the runs kept and the copies between them, in order.
+    kept: Vec<Bytes>,
+    /// Messages copied after the last run kept.
+    tail: BytesMut,
 }
 
 impl Default for PollAnswer {
@@ -132,26 +149,71 @@ impl Default for PollAnswer {
     }
 }
 
+impl Append for PollAnswer {
+    fn append(&mut self, run: Run) {
+        if run.len() >= KEEP_FROM {
+            if !self.tail.is_empty() {
+                self.kept.push(self.tail.split().freeze());
+            }
+            self.kept.push(run.into_bytes());
+        } else {
+            let buf = if self.kept.is_empty() { &mut self.head } else { &mut self.tail };
+            // Room for the suffix too, should this be the last run: no second allocation.
+            buf.reserve(run.len() + SUFFIX.len());
+            buf.extend_from_slice(run.as_slice());
+        }
+    }
+}
+
+/// A finished answer: `first`, then each of `rest`, written one after another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pieces {
+    /// The first piece (the whole answer, when `rest` is empty).
+    pub first: Bytes,
+    /// The pieces that follow.
+    pub rest: Vec<Bytes>,
+}
+
+impl Pieces {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.first.len() + self.rest.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Whether the answer holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The answer in one buffer (a copy, unless it is in one piece already).
+    pub fn concat(&self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.first.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        out.extend_from_slice(&self.first);
+        for piece in &self.rest {
+            out.extend_from_slice(piece);
+        }
+        out.freeze()
+    }
+}
+
 impl PollAnswer {
     /// An empty answer with room for its envelope.
     pub fn new() -> Self {
-        let mut buf = BytesMut::with_capacity(HEAD_ROOM + 64);
-        buf.resize(HEAD_ROOM, 0);
-        Self { buf }
+        let mut head = BytesMut::with_capacity(HEAD_ROOM + 64);
+        head.resize(HEAD_ROOM, 0);
+        Self { head, kept: Vec::new(), tail: BytesMut::new() }
     }
 
     /// Whether no message went in.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() == HEAD_ROOM
-    }
-
-    /// Where the comma-separated messages go (see `Mailbox::read_into`).
-    pub fn messages(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        self.head.len() == HEAD_ROOM && self.kept.is_empty()
     }
 
     /// Writes the envelope around the messages.
-    pub fn finish(mut self, cursor: Cursor, gap: bool) -> Bytes {
+    pub fn finish(mut self, cursor: Cursor, gap: bool) -> Pieces {
         let mut head = [0u8; HEAD_ROOM];
         let mut w = &mut head[..];
         let mut unix = itoa::Buffer::new();
@@ -166,10 +228,15 @@ impl PollAnswer {
             w.put_slice(part);
         }
         let len = HEAD_ROOM - w.len();
-        self.buf[HEAD_ROOM - len..HEAD_ROOM].copy_from_slice(&head[..len]);
-        self.buf.put_slice(b"]}");
-        let _ = self.buf.split_to(HEAD_ROOM - len);
-        self.buf.freeze()
+        self.head[HEAD_ROOM - len..HEAD_ROOM].copy_from_slice(&head[..len]);
+        if self.kept.is_empty() {
+            self.head.put_slice(SUFFIX);
+        } else {
+            self.tail.put_slice(SUFFIX);
+            self.kept.push(self.tail.freeze());
+        }
+        let _ = self.head.split_to(HEAD_ROOM - len);
+        Pieces { first: self.head.freeze(), rest: self.kept }
     }
 }
 
@@ -237,22 +304,36 @@ mod tests {
         assert_eq!(v["meta"]["gap"], false);
     }
 
+    /// The answer built from a mailbox's runs — copied when short, kept when long, across
+    /// several segments — is byte for byte the simple renderer's, and a long answer really is
+    /// made of pieces.
     #[test]
     fn poll_answer_builder_matches_the_simple_renderer() {
-        for (cursor, gap, msgs) in [
-            (Cursor { unix: 0, nano: 0 }, false, vec![]),
-            (Cursor { unix: i64::MIN, nano: 999_999_999 }, false, vec![&b"{\"a\":1}"[..]]),
-            (Cursor { unix: 1_471_756_932, nano: 632_474_775 }, true, vec![&b"1"[..], b"2", b"3"]),
-        ] {
-            let mut a = PollAnswer::new();
+        use crate::mailbox::Mailbox;
+        for (count, size) in [(0usize, 1usize), (1, 10), (3, 1), (10, 200), (200, 100), (1024, 180), (40, 3000)] {
+            let mailbox = Mailbox::new(1024);
+            let msgs: Vec<Vec<u8>> = (0..count).map(|i| format!("{i:0size$}").into_bytes()).collect();
             for (i, m) in msgs.iter().enumerate() {
-                if i > 0 {
-                    a.messages().put_u8(b',');
-                }
-                a.messages().put_slice(m);
+                mailbox.lock().push(i as i64 + 1, m);
             }
-            let newest_first: Vec<&[u8]> = msgs.iter().rev().copied().collect();
-            assert_eq!(a.finish(cursor, gap), poll_answer(cursor, gap, &newest_first));
+            for (cursor, gap) in
+                [(Cursor { unix: 0, nano: 0 }, false), (Cursor { unix: i64::MIN, nano: 999_999_999 }, true)]
+            {
+                let mut a = PollAnswer::new();
+                let read = mailbox.read_into(None, &mut a);
+                assert_eq!(read.newest, count.checked_sub(1).map(|n| n as i64 + 1));
+                let pieces = a.finish(cursor, gap);
+                let newest_first: Vec<&[u8]> = msgs.iter().rev().map(Vec::as_slice).collect();
+                assert_eq!(pieces.concat(), poll_answer(cursor, gap, &newest_first), "{count} messages of {size} B");
+                assert_eq!(pieces.len(), pieces.concat().len());
+                let total = count * (size + 1);
+                if total < KEEP_FROM {
+                    assert!(pieces.rest.is_empty(), "a short answer is one piece: {count} × {size} B");
+                }
+                if total >= 64 * 1024 {
+                    assert!(!pieces.rest.is_empty(), "a long answer keeps runs: {count} × {size} B");
+                }
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use chatbus::engine::{EngineError, SessionId};
 use chatbus::http::input::{self, MAX_ATTACHMENTS_BYTES, MAX_BODY_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_UUID_CHARS};
 use chatbus::http::router::{self, NotRouted, Route, Seg};
 use chatbus::http::ApiError;
+use chatbus::mailbox::Mailbox;
 use chatbus::render::{self, PollAnswer};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
@@ -492,14 +493,13 @@ fn check_timestamp(s: &str, ns: i64) {
 /// the messages in order.
 fn check_poll_envelope(cursor: Cursor, messages: &[&[u8]]) {
     for gap in [false, true] {
-        let mut a = PollAnswer::new();
+        let mailbox = Mailbox::new(messages.len());
         for (i, m) in messages.iter().enumerate() {
-            if i > 0 {
-                a.messages().extend_from_slice(b",");
-            }
-            a.messages().extend_from_slice(m);
+            mailbox.lock().push(i as i64, m);
         }
-        let out = a.finish(cursor, gap);
+        let mut a = PollAnswer::new();
+        mailbox.read_into(None, &mut a);
+        let out = a.finish(cursor, gap).concat();
         let v: Value =
             serde_json::from_slice(&out).unwrap_or_else(|e| panic!("poll answer is not JSON ({e}): {out:?}"));
         assert_eq!(v["meta"]["http_code"], 200);

@@ -69,12 +69,13 @@ pub use wait::{Hold, Woken};
 pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
 
 use crate::clock::{Clock, Cursor};
+use crate::mailbox::Append;
 use crate::metrics::Metrics;
 use crate::render;
 use crate::store::ErrorKind;
 use crate::store::{MessageRow, Op};
 use crate::writer::{Commit, Outcome, Refusal, WriterHandle};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -377,7 +378,7 @@ impl Engine {
     /// Appends the session user's messages created after `cutoff` to `out` (oldest first,
     /// comma-separated JSON; see [`crate::mailbox::Mailbox::read_into`]) and marks the session
     /// active. Takes no lock: the session was looked up already.
-    pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut BytesMut) -> Polled {
+    pub fn poll(&self, session: &Session, cutoff: Option<Cursor>, out: &mut impl Append) -> Polled {
         // (In cluster mode `touch` only marks the session served; see `cluster.rs`.)
         session.touch(Clock::wall_ns());
         let read = session.user.mailbox.read_into(cutoff.map(Cursor::as_ns), out);
@@ -458,8 +459,8 @@ fn deliver(
         let mut second_w = (first.id != second.id).then(|| second.mailbox.lock());
         let created = stamp();
         let json = render::message(uuid, created, sender.id, receiver.id, body, attachments);
-        let wake_first = first_w.push(created, json.clone());
-        let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, json.clone()));
+        let wake_first = first_w.push(created, &json);
+        let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, &json));
         (created, json, wake_first, wake_second)
     };
     // Waiters are woken once the mailboxes are unlocked: they re-read them at once.

@@ -2,6 +2,7 @@ use super::*;
 use crate::store::memory::MemoryStore;
 use crate::store::{MessageRow, Op, SessionRow, Snapshot, UserRow};
 use crate::writer::{Writer, WriterConfig};
+use bytes::BytesMut;
 use std::collections::HashMap;
 
 fn engine(capacity: usize, shards: usize) -> (Writer, Arc<Engine>) {

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::input;
-use super::response::{ok, HttpResponse};
+use super::response::{ok, ok_pieces, HttpResponse};
 use super::router::Seg;
 use crate::clock::Cursor;
 use crate::engine::{Engine, EngineError, Hold, Session, SessionId, Woken};
@@ -41,9 +41,9 @@ pub fn poll(
     let cutoff = cutoff?;
     let wait = input::wait(query, max_wait)?;
     let mut answer = render::PollAnswer::new();
-    let polled = engine.poll(&session, cutoff, answer.messages());
+    let polled = engine.poll(&session, cutoff, &mut answer);
     if wait.is_zero() || !answer.is_empty() || engine.is_stopping() {
-        return Ok(Polled::Now(ok(answer.finish(polled.cursor, polled.gap))));
+        return Ok(Polled::Now(ok_pieces(answer.finish(polled.cursor, polled.gap))));
     }
     Ok(Polled::Hold(session, cutoff, wait))
 }
@@ -62,8 +62,8 @@ pub async fn hold_then_poll(
         Woken::SessionClosed => Err(EngineError::NoSuchSession.into()),
         Woken::Message | Woken::TimedOut | Woken::Stopping => {
             let mut answer = render::PollAnswer::new();
-            let polled = engine.poll(hold.session(), cutoff, answer.messages());
-            Ok(ok(answer.finish(polled.cursor, polled.gap)))
+            let polled = engine.poll(hold.session(), cutoff, &mut answer);
+            Ok(ok_pieces(answer.finish(polled.cursor, polled.gap)))
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Building answers: the headers every answer carries, and the envelope's success forms.
 
-use crate::render;
+use crate::render::{self, Pieces};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Frame, SizeHint};
@@ -22,6 +22,9 @@ pub struct Body(Inner);
 
 enum Inner {
     Full(Full<Bytes>),
+    /// Pieces written one after another (a long poll answer: see `render::PollAnswer`), and
+    /// the bytes left to write.
+    Pieces(std::vec::IntoIter<Bytes>, u64),
     /// The chunks, and whatever must live as long as the stream (see [`Body::keep_until_end`]).
     Stream(mpsc::Receiver<Bytes>, Option<Box<dyn Send + Sync>>),
 }
@@ -30,6 +33,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Inner::Full(full) => f.debug_tuple("Full").field(full).finish(),
+            Inner::Pieces(pieces, left) => f.debug_tuple("Pieces").field(&pieces.len()).field(left).finish(),
             Inner::Stream(..) => f.write_str("Stream"),
         }
     }
@@ -39,6 +43,18 @@ impl Body {
     /// All of it, now.
     pub fn full(bytes: Bytes) -> Self {
         Self(Inner::Full(Full::new(bytes)))
+    }
+
+    /// `pieces`, one after another: hyper queues them and writes them with vectored I/O.
+    pub fn pieces(pieces: Pieces) -> Self {
+        if pieces.rest.is_empty() {
+            return Self::full(pieces.first);
+        }
+        let len = pieces.len() as u64;
+        let mut all = Vec::with_capacity(1 + pieces.rest.len());
+        all.push(pieces.first);
+        all.extend(pieces.rest);
+        Self(Inner::Pieces(all.into_iter(), len))
     }
 
     /// Chunks as they are sent on the channel.
@@ -67,6 +83,10 @@ impl hyper::body::Body for Body {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.0 {
             Inner::Full(full) => Pin::new(full).poll_frame(cx),
+            Inner::Pieces(pieces, left) => Poll::Ready(pieces.next().map(|piece| {
+                *left -= piece.len() as u64;
+                Ok(Frame::data(piece))
+            })),
             Inner::Stream(rx, _) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -74,6 +94,7 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Inner::Full(full) => full.is_end_stream(),
+            Inner::Pieces(_, left) => *left == 0,
             Inner::Stream(..) => false,
         }
     }
@@ -81,6 +102,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Inner::Full(full) => full.size_hint(),
+            Inner::Pieces(_, left) => SizeHint::with_exact(*left),
             Inner::Stream(..) => SizeHint::default(),
         }
     }
@@ -103,6 +125,13 @@ pub fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Ht
 /// A 200 whose body is an envelope already rendered.
 pub fn ok(envelope: Bytes) -> HttpResponse {
     respond(StatusCode::OK, JSON, envelope)
+}
+
+/// A 200 whose body is an envelope already rendered, in pieces.
+pub fn ok_pieces(envelope: Pieces) -> HttpResponse {
+    let mut res = ok(Bytes::new());
+    *res.body_mut() = Body::pieces(envelope);
+    res
 }
 
 /// A 200 with `value` as the envelope's `response`.

@@ -154,7 +154,7 @@ fn concurrent_readers_never_see_torn_or_overwritten_slots() {
                         assert_eq!(w[0].created, w[1].created + 1, "not contiguous");
                     }
                     for e in &out {
-                        assert_eq!(e.json, format!("m{}", e.created).as_bytes(), "torn");
+                        assert_eq!(e.json(), format!("m{}", e.created).as_bytes(), "torn");
                         assert_eq!(e.pos as i64 + 1, e.created, "wrong slot");
                     }
                     if let Some(c) = cutoff {
@@ -247,8 +247,16 @@ fn concurrent_readers_while_the_ring_grows_and_shrinks() {
                 let mut reads = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let cutoff = if r == 0 { Some(cursor) } else { None };
+                    // Reader 2 keeps the runs (no copy), the others copy them.
                     let mut buf = BytesMut::new();
-                    let o = mb.read_into(cutoff, &mut buf);
+                    let o = if r == 2 {
+                        let mut kept = Kept::default();
+                        let o = mb.read_into(cutoff, &mut kept);
+                        buf = kept.concat();
+                        o
+                    } else {
+                        mb.read_into(cutoff, &mut buf)
+                    };
                     let text = std::str::from_utf8(&buf).unwrap();
                     let ts: Vec<i64> = if text.is_empty() {
                         Vec::new()
@@ -277,4 +285,74 @@ fn concurrent_readers_while_the_ring_grows_and_shrinks() {
     for r in readers {
         assert!(r.join().unwrap() > 0);
     }
+}
+
+/// Keeps every run as `Bytes` (a reference on its segment, no copy).
+#[derive(Default)]
+struct Kept(Vec<Bytes>);
+
+impl Append for Kept {
+    fn append(&mut self, run: Run) {
+        self.0.push(run.into_bytes());
+    }
+}
+
+impl Kept {
+    fn concat(&self) -> BytesMut {
+        self.0.iter().fold(BytesMut::new(), |mut out, b| {
+            out.extend_from_slice(b);
+            out
+        })
+    }
+}
+
+/// Runs kept by a reader stay exactly as read while the mailbox overwrites, culls and is
+/// dropped: they hold their segments, not the mailbox's slots.
+#[test]
+fn kept_runs_outlive_what_the_mailbox_does_after() {
+    let mb = Mailbox::new(64);
+    let body = |t: i64| format!("{{\"n\":{t},\"pad\":\"{}\"}}", "x".repeat((t as usize * 37) % 300));
+    for t in 1..=64 {
+        mb.lock().push(t, body(t));
+    }
+    let mut kept = Kept::default();
+    let o = mb.read_into(None, &mut kept);
+    assert_eq!(o.newest, Some(64));
+    assert!(kept.0.len() > 1, "64 messages span several segments: {} runs", kept.0.len());
+    let expected = (1..=64).map(body).collect::<Vec<_>>().join(",");
+    for t in 65..=1000 {
+        mb.lock().push(t, body(t));
+    }
+    mb.lock().cull_before(i64::MAX);
+    drop(mb);
+    assert_eq!(std::str::from_utf8(&kept.concat()).unwrap(), expected);
+}
+
+/// Segments follow what the mailbox holds: a small mailbox writes small segments however many
+/// messages pass through it, a full large one large ones, and one culled empty lets its
+/// segment go.
+#[test]
+fn segments_follow_what_the_mailbox_holds() {
+    let segment = |mb: &Mailbox| {
+        let w = mb.lock();
+        w.state.segment.capacity() + w.state.segment.len()
+    };
+    let small = Mailbox::new(4);
+    let mut largest = 0;
+    for t in 1..=10_000 {
+        small.lock().push(t, [b'x'; 100]);
+        largest = largest.max(small.lock().state.segment.capacity());
+    }
+    assert!(largest < MIN_SEGMENT, "4 messages of 101 B need no segment over {MIN_SEGMENT} B: {largest}");
+    assert!(small.lock().state.segment_no > 1000, "segments were replaced as they filled");
+    let large = Mailbox::new(1024);
+    for t in 1..=2048 {
+        large.lock().push(t, [b'y'; 180]);
+    }
+    let mut kept = Kept::default();
+    large.read_into(None, &mut kept);
+    assert!(kept.0.len() <= 6, "1024 × 181 B in a few segments of up to {MAX_SEGMENT} B: {} runs", kept.0.len());
+    assert_eq!(kept.concat().len(), 1024 * 181 - 1);
+    large.lock().cull_before(i64::MAX);
+    assert_eq!(segment(&large), 0, "an empty mailbox holds no segment");
 }
