@@ -1067,6 +1067,18 @@ async fn whole_nats_cluster_down_and_back(how: NatsDown) {
     let poller = RoundRobin::start(&ring, &party.receiver_session, Duration::from_millis(5));
     let senders = Senders::start(&ring, &party.senders, party.receiver, Duration::from_millis(5));
     senders.progress(300, Duration::from_secs(20), "before NATS goes").await;
+    // Each node acknowledges its own writes once applied, others' as it reads them from the log:
+    // wait until every node holds the first 300, so that "polls answer from memory" below asks
+    // for what each held before NATS went, not for how far a busy node had read.
+    let receiver_messages = format!("/api/messages/{}", party.receiver_session);
+    wait_until("every node to hold 300 messages before NATS goes", Duration::from_secs(20), || async {
+        let mut all = true;
+        for (_, api) in nodes.apis() {
+            all &= api.poll(&receiver_messages).await.1.len() >= 300;
+        }
+        all
+    })
+    .await;
 
     let nats = blocking(move || {
         let mut nats = nats;
