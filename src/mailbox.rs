@@ -287,12 +287,22 @@ impl AsRef<[u8]> for Run {
 /// Where a read appends the runs it found, oldest first; their concatenation is the
 /// comma-separated JSON of the messages (the inside of a poll answer's array).
 pub trait Append {
-    /// Appends one run: copying it, or keeping it (see [`Run::into_bytes`]).
+    /// Runs at least this long are kept (see [`Run::into_bytes`]); shorter ones are copied.
+    const KEEP_FROM: usize = usize::MAX;
+
+    /// Makes room for `copied` bytes: what the runs about to be appended hold, but those kept.
+    fn reserve(&mut self, copied: usize);
+
+    /// Appends one run: copying it, or keeping it when it is at least `KEEP_FROM` long.
     fn append(&mut self, run: Run);
 }
 
 /// Copies.
 impl Append for BytesMut {
+    fn reserve(&mut self, copied: usize) {
+        BytesMut::reserve(self, copied);
+    }
+
     fn append(&mut self, run: Run) {
         self.extend_from_slice(run.as_slice());
     }
@@ -405,7 +415,7 @@ impl Mailbox {
     /// keeps them. If an entry left during the walk (a writer lapped the ring), the runs before
     /// it are dropped, so the answer stays one contiguous run of the newest entries, and the
     /// watermark (loaded last) reports the gap.
-    pub fn read_into(&self, cutoff: Option<i128>, out: &mut impl Append) -> ReadOutcome {
+    pub fn read_into<A: Append>(&self, cutoff: Option<i128>, out: &mut A) -> ReadOutcome {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let Some(ring) = self.ring(&guard) else {
@@ -436,6 +446,10 @@ impl Mailbox {
             }
         }
         drop(guard);
+        let copied = runs.iter().map(Run::len).filter(|&len| len < A::KEEP_FROM).sum();
+        if copied > 0 {
+            out.reserve(copied);
+        }
         for run in runs {
             out.append(run);
         }

@@ -135,7 +135,8 @@ const SUFFIX: &[u8] = b"]}";
 /// not change what building it costs.
 #[derive(Debug)]
 pub struct PollAnswer {
-    /// [`HEAD_ROOM`], then the messages copied before any run was kept.
+    /// [`HEAD_ROOM`], then the messages copied before any run was kept; not allocated until the
+    /// first run or [`PollAnswer::finish`], which then know its size.
     head: BytesMut,
     /// After `head`: the runs kept and the copies between them, in order.
     kept: Vec<Bytes>,
@@ -150,6 +151,18 @@ impl Default for PollAnswer {
 }
 
 impl Append for PollAnswer {
+    const KEEP_FROM: usize = KEEP_FROM;
+
+    /// Allocates the answer's first buffer at its size: the envelope's room, what will be
+    /// copied, and the suffix. (Short runs after a kept one go to a buffer of their own, so
+    /// this may leave a little unused.)
+    fn reserve(&mut self, copied: usize) {
+        if self.head.is_empty() {
+            self.head = BytesMut::with_capacity(HEAD_ROOM + copied + SUFFIX.len());
+            self.head.resize(HEAD_ROOM, 0);
+        }
+    }
+
     fn append(&mut self, run: Run) {
         if run.len() >= KEEP_FROM {
             if !self.tail.is_empty() {
@@ -157,10 +170,14 @@ impl Append for PollAnswer {
             }
             self.kept.push(run.into_bytes());
         } else {
-            let buf = if self.kept.is_empty() { &mut self.head } else { &mut self.tail };
-            // Room for the suffix too, should this be the last run: no second allocation.
-            buf.reserve(run.len() + SUFFIX.len());
-            buf.extend_from_slice(run.as_slice());
+            if self.kept.is_empty() {
+                self.reserve(run.len());
+                self.head.extend_from_slice(run.as_slice());
+            } else {
+                // Room for the suffix too, should this be the last run.
+                self.tail.reserve(run.len() + SUFFIX.len());
+                self.tail.extend_from_slice(run.as_slice());
+            }
         }
     }
 }
@@ -200,20 +217,22 @@ impl Pieces {
 }
 
 impl PollAnswer {
-    /// An empty answer with room for its envelope.
+    /// An empty answer (nothing allocated yet).
     pub fn new() -> Self {
-        let mut head = BytesMut::with_capacity(HEAD_ROOM + 64);
-        head.resize(HEAD_ROOM, 0);
-        Self { head, kept: Vec::new(), tail: BytesMut::new() }
+        Self { head: BytesMut::new(), kept: Vec::new(), tail: BytesMut::new() }
     }
 
     /// Whether no message went in.
     pub fn is_empty(&self) -> bool {
-        self.head.len() == HEAD_ROOM && self.kept.is_empty()
+        self.head.len() <= HEAD_ROOM && self.kept.is_empty()
     }
 
     /// Writes the envelope around the messages.
     pub fn finish(mut self, cursor: Cursor, gap: bool) -> Pieces {
+        if self.head.is_empty() {
+            self.head = BytesMut::with_capacity(HEAD_ROOM + SUFFIX.len());
+            self.head.resize(HEAD_ROOM, 0);
+        }
         let mut head = [0u8; HEAD_ROOM];
         let mut w = &mut head[..];
         let mut unix = itoa::Buffer::new();

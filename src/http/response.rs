@@ -114,7 +114,12 @@ const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
 
 /// An answer with `status`, `content_type` and `body`, and the CORS header every answer carries.
 pub fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> HttpResponse {
-    let mut res = Response::new(Body::full(body));
+    respond_with(status, content_type, Body::full(body))
+}
+
+/// [`respond`] with any body.
+fn respond_with(status: StatusCode, content_type: HeaderValue, body: Body) -> HttpResponse {
+    let mut res = Response::new(body);
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
@@ -129,9 +134,7 @@ pub fn ok(envelope: Bytes) -> HttpResponse {
 
 /// A 200 whose body is an envelope already rendered, in pieces.
 pub fn ok_pieces(envelope: Pieces) -> HttpResponse {
-    let mut res = ok(Bytes::new());
-    *res.body_mut() = Body::pieces(envelope);
-    res
+    respond_with(StatusCode::OK, JSON, Body::pieces(envelope))
 }
 
 /// A 200 with `value` as the envelope's `response`.

@@ -292,6 +292,10 @@ fn concurrent_readers_while_the_ring_grows_and_shrinks() {
 struct Kept(Vec<Bytes>);
 
 impl Append for Kept {
+    const KEEP_FROM: usize = 0;
+
+    fn reserve(&mut self, _copied: usize) {}
+
     fn append(&mut self, run: Run) {
         self.0.push(run.into_bytes());
     }
