@@ -71,7 +71,10 @@
 //! `Bytes`; it paid 0.64 → 0.96 of the floor's CPU on the 1024-message poll). The ring, its
 //! growth and its shrinking, and reads through runs spanning segments, are model-checked with
 //! loom in `tests/loom/` and stress-tested in this module's tests (one reader keeping its runs
-//! while writers lap the ring, and runs kept past the mailbox's own end).
+//! while writers lap the ring, and runs kept past the mailbox's own end). `.ci/run` also runs
+//! these tests under valgrind's memcheck, which fails on any read of freed memory (checked by
+//! making `Run::into_bytes` drop its reference on the segment: memcheck then reports the
+//! invalid reads).
 //!
 //! # Why one file
 //!
