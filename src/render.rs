@@ -27,8 +27,22 @@ pub fn timestamp(ns: i64) -> String {
     String::from_utf8(v).unwrap_or_default()
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal, exactly as serde_json writes it.
+///
+/// Most chat lines need no escape at all: those are copied between quotes after one scan
+/// (callgrind: serde_json's escaping took ~600 instructions of a send with a 60-character body,
+/// byte by byte through its escape table); the rest go through serde_json.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes `"`, `\` and the control characters below U+0020, nothing else. A fold
+    // without an early exit, so that the compiler checks 16 bytes per step (SSE2).
+    let escape = s.bytes().fold(false, |escape, b| escape | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !escape {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Serialising a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -292,6 +306,31 @@ mod tests {
         assert_eq!(timestamp(1_471_756_932_500_000_000), "2016-08-21T05:22:12.5Z");
         assert_eq!(timestamp(1_471_756_932_000_000_100), "2016-08-21T05:22:12.0000001Z");
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+    }
+
+    /// The fast path writes exactly what serde_json writes: every character that it escapes or
+    /// not, alone and inside text, and random strings.
+    #[test]
+    fn json_strings_match_serde_json() {
+        let json = |s: &str| {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            String::from_utf8(out).unwrap()
+        };
+        let mut samples: Vec<String> = (0u32..0x300).filter_map(char::from_u32).map(String::from).collect();
+        samples.extend(
+            (0u32..0x80).filter_map(char::from_u32).map(|c| format!("a typical line {c} with é, 𝄞 and \u{2028}")),
+        );
+        samples.extend(["", "plain", "\u{7f}", "\u{fffd}\u{10ffff}"].map(String::from));
+        for _ in 0..2000 {
+            let len = rand::random::<usize>() % 40;
+            samples.push(
+                (0..len).map(|_| char::from_u32(rand::random::<u32>() % 0x11_0000).unwrap_or('\u{1b}')).collect(),
+            );
+        }
+        for s in &samples {
+            assert_eq!(json(s), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
