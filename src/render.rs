@@ -13,10 +13,15 @@ use time::OffsetDateTime;
 
 /// Appends `ns` as Go's `RFC3339Nano` writes it: UTC, `Z`, fraction with trailing zeros trimmed.
 pub fn write_timestamp(out: &mut Vec<u8>, ns: i64) {
-    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).ok().and_then(|t| t.format(&Rfc3339).ok()) {
-        Some(s) => out.extend_from_slice(s.as_bytes()),
+    let start = out.len();
+    // Straight into `out` (`format` would allocate a `String` per message).
+    let written = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .is_some_and(|t| t.format_into(out, &Rfc3339).is_ok());
+    if !written {
         // Unreachable for an i64 of nanoseconds (years 1677..2262), but never panic.
-        None => out.extend_from_slice(b"1970-01-01T00:00:00Z"),
+        out.truncate(start);
+        out.extend_from_slice(b"1970-01-01T00:00:00Z");
     }
 }
 
