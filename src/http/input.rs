@@ -151,7 +151,15 @@ fn object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 fn string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<Cow<'a, str>>, ApiError> {
     raw.map(|r| {
-        serde_json::from_str::<Cow<'a, str>>(r.get())
+        let text = r.get();
+        // A string without escapes is its text between the quotes: the parse that made `r`
+        // already checked it (no raw control character); read it again only to unescape.
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            if !inner.contains('\\') {
+                return Ok(Cow::Borrowed(inner));
+            }
+        }
+        serde_json::from_str::<Cow<'a, str>>(text)
             .map_err(|_| ApiError::bad_request(format!("{field}: must be a string")))
     })
     .transpose()
@@ -319,6 +327,28 @@ mod tests {
             assert!(w(v).unwrap_err().message().starts_with("wait:"), "{v}");
         }
         assert_eq!(wait(None, max), Ok(std::time::Duration::ZERO));
+    }
+
+    /// A body string reads exactly as sent, whether it came with escapes or without (the fast
+    /// path takes the text between the quotes), and anything but a string is refused.
+    #[test]
+    fn body_strings_read_as_sent_with_escapes_or_without() {
+        let read = |json: &str| {
+            new_message(format!(r#"{{"receiver_id": 1, "body": {json}}}"#).as_bytes()).map(|m| m.body.into_owned())
+        };
+        for body in ["hi", "a \"quoted\" word", "tab\tand\\slash", "été 𝄞", "line\u{2028}sep", " spaced "] {
+            // As serde_json writes it: escapes only where needed.
+            let plain = serde_json::to_string(body).unwrap();
+            assert_eq!(read(&plain).as_deref(), Ok(body), "{plain}");
+            // Every character escaped (surrogate pairs past the BMP).
+            let escaped: String = body.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            assert_eq!(read(&format!("\"{escaped}\"")).as_deref(), Ok(body), "{escaped}");
+        }
+        for not_a_string in ["1", "true", "[\"a\"]", "{\"a\": \"b\"}", "1.5"] {
+            assert_eq!(msg_err(&format!(r#"{{"receiver_id": 1, "body": {not_a_string}}}"#)), "body: must be a string");
+        }
+        // A raw control character inside the quotes is not JSON: refused before the fast path.
+        assert!(msg_err("{\"receiver_id\": 1, \"body\": \"a\tb\"}").starts_with("request body: invalid JSON"));
     }
 
     fn msg_err(body: &str) -> String {
