@@ -20,7 +20,8 @@
 //!   every mutation awaits its own durability; waiting for news (held polls, streams, sockets).
 //!   [`engine::SessionId`] is the session's id.
 //! - [`render`]: the JSON envelope, objects and timestamps; messages are rendered once, at send.
-//! - [`mailbox`]: the per-user ring buffer, read without locks.
+//! - [`mailbox`]: the per-user ring buffer, read without locks; its messages kept in segments that
+//!   a large poll answer references instead of copying.
 //! - [`writer`]: the dedicated thread that drains the write queue into the store in batches;
 //!   poison ops set aside, a bound on what is acknowledged while the store fails, spill files.
 //! - [`store`]: the `Store` abstraction; SQLite (default), PostgreSQL, and `memory:`; one
