@@ -122,10 +122,21 @@ impl Nodes {
     }
 
     /// SIGTERMs node `i` (a graceful stop) and waits for it to exit; it leaves the ring first (new
-    /// requests go to the other nodes, those in flight on it finish there). Returns its exit
-    /// status, its whole stderr, and how long it took to exit after the signal.
+    /// requests go to the other nodes, those in flight on it finish there). As a load balancer
+    /// drains a backend, the signal waits for the sends already routed to the node
+    /// ([`Ring::lease`]): one routed but not yet written could otherwise reach it just as the stop
+    /// closes its idle keep-alive connections — a race of HTTP/1.1 keep-alive that no server can
+    /// answer (seen once in CI as a send without an answer). Polls and streams stay open across
+    /// the signal. Returns its exit status, its whole stderr, and how long it took to exit after
+    /// the signal.
     pub async fn terminate(&mut self, i: usize) -> (ExitStatus, String, Duration) {
         self.ring.remove(i);
+        let ring = self.ring.clone();
+        wait_until("the sends routed to the node to finish", Duration::from_secs(10), || {
+            let leased = ring.leased(i);
+            async move { leased == 0 }
+        })
+        .await;
         let mut bin = self.nodes[i].take().unwrap_or_else(|| panic!("node {i} is down already"));
         let began = Instant::now();
         let (status, stderr) = bin.terminate().await;
@@ -202,12 +213,38 @@ impl Nodes {
 
 /// The clients of the live nodes, by node index (`None`: down). Cheap to clone; clones share.
 #[derive(Clone, Default)]
-pub struct Ring(Arc<RwLock<Vec<Option<Api>>>>);
+pub struct Ring(Arc<RwLock<Vec<Option<Api>>>>, Arc<Mutex<HashMap<usize, usize>>>);
+
+/// A request routed to node `.1` through [`Ring::lease`]: counted until dropped.
+pub struct Lease(Arc<Mutex<HashMap<usize, usize>>>, usize);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.lock().unwrap().get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
+}
 
 impl Ring {
     /// A ring of exactly `apis` (not kept current by [`Nodes`]).
     pub fn of(apis: Vec<Api>) -> Self {
-        Self(Arc::new(RwLock::new(apis.into_iter().map(Some).collect())))
+        Self(Arc::new(RwLock::new(apis.into_iter().map(Some).collect())), Arc::default())
+    }
+
+    /// Like [`Ring::at_or_after`], and the request is counted against its node until the lease
+    /// is dropped: [`Nodes::terminate`] lets such requests finish before it signals the node.
+    pub fn lease(&self, i: usize) -> Option<(usize, Api, Lease)> {
+        let ring = self.0.read().unwrap();
+        let (j, api) = (0..ring.len()).map(|k| (i + k) % ring.len()).find_map(|j| Some((j, ring[j].clone()?)))?;
+        // Under the read lock: `remove` (the write lock) cannot come between the pick and the count.
+        *self.1.lock().unwrap().entry(j).or_default() += 1;
+        Some((j, api, Lease(self.1.clone(), j)))
+    }
+
+    /// Requests leased on node `i` and not finished.
+    fn leased(&self, i: usize) -> usize {
+        self.1.lock().unwrap().get(&i).copied().unwrap_or(0)
     }
 
     fn push(&self, api: Api) {
@@ -300,7 +337,7 @@ impl Senders {
                     let mut misses = 0;
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let Some((node, api)) = ring.at_or_after(home + misses) else {
+                        let Some((node, api, _lease)) = ring.lease(home + misses) else {
                             // Every node is down: nothing to send through.
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
