@@ -1196,3 +1196,38 @@ async fn metrics_count_requests_by_route_and_status_with_histograms() {
     assert!(value(r#"chatbus_http_request_duration_seconds_sum{route="messages_poll"}"#).is_some_and(|v| v > 0.0));
     srv.stop().await;
 }
+
+/// A poll answer large enough to be written as several pieces (the envelope, runs of the
+/// mailbox's own memory kept without copying, the closing bytes) arrives whole over HTTP: its
+/// Content-Length is its length, it is JSON, and it holds every message in order, each as
+/// answered to its send — also from a cursor in the middle, and as the long-poll's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_poll_answer_arrives_whole() {
+    let srv = TestServer::sqlite(&[]).await;
+    let api = srv.api();
+    let (a, b) = (api.user("a").await, api.user("b").await);
+    let (sa, sb) = (api.session(a).await, api.session(b).await);
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        // ~1 KB each, with characters that need escaping now and then: ~300 KB in all.
+        let body = format!("{i:04} {}{}", "é ".repeat(400), if i % 7 == 0 { "\"quoted\"\n" } else { "" });
+        sent.push(api.send(&sa, b, &body).await);
+    }
+    for (path, expect) in [
+        (format!("/api/messages/{sb}"), &sent[..]),
+        (after(&sb, created(&sent[99])), &sent[100..]),
+        (format!("{}?wait=5s", after(&sb, created(&sent[10]))), &sent[11..]),
+    ] {
+        let r = api.get(&path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-length"), Some(r.raw.len().to_string().as_str()), "{path}");
+        assert!(r.raw.len() > 100_000, "{path}: {} bytes", r.raw.len());
+        let msgs = r.json["response"].as_array().expect("an array").clone();
+        assert_eq!(msgs.len(), expect.len(), "{path}");
+        assert!(
+            msgs.iter().zip(expect).all(|(got, want)| got == want),
+            "{path}: the messages differ from the sends' answers"
+        );
+    }
+    srv.stop().await;
+}
