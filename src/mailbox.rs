@@ -169,9 +169,31 @@ impl Ring {
         &self.slots[(pos % self.slots.len() as u64) as usize]
     }
 
+    /// The index of `pos`'s slot.
+    fn index(&self, pos: u64) -> usize {
+        // The cast cannot truncate: the remainder is below the slot count, a usize.
+        (pos % self.slots.len() as u64) as usize
+    }
+
+    /// The index of the slot after slot `i`'s. Readers walking a run step the index along
+    /// instead of computing `pos % len` per push: a 64-bit division per entry was a large part
+    /// of walking a full mailbox (the 1024-message poll; see the README's "Hot path").
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
     /// The entry in `pos`'s slot, if it still holds push `pos`; valid while `guard` is pinned.
     fn entry<'g>(&self, pos: u64, guard: &'g Guard) -> Option<&'g Entry> {
-        let shared = self.slot(pos).load(Ordering::Acquire, guard);
+        self.entry_at(self.index(pos), pos, guard)
+    }
+
+    /// The entry in slot `i` (which must be `pos`'s), if it still holds push `pos`.
+    fn entry_at<'g>(&self, i: usize, pos: u64, guard: &'g Guard) -> Option<&'g Entry> {
+        let shared = self.slots.get(i)?.load(Ordering::Acquire, guard);
         // SAFETY: an entry is freed only (a) through `defer_destroy` after a writer unlinked it
         // from the current ring — and the epoch then keeps it alive until every guard pinned
         // before the unlink, such as `guard`, is dropped; a retired ring that still points at it
@@ -426,27 +448,36 @@ impl Mailbox {
             return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
         };
         let start = seek(ring, head, cutoff, &guard);
+        // The finished runs, and the one being extended.
         let mut runs: SmallVec<[Run; 4]> = SmallVec::new();
+        let mut current: Option<Run> = None;
         let mut newest = None;
+        let mut i = ring.index(start);
         for pos in start..head {
-            match ring.entry(pos, &guard) {
-                Some(e) => {
-                    match runs.last_mut() {
-                        Some(run) if run.extends(e.segment, &e.piece) => run.len += e.piece.len(),
-                        _ => runs.push(Run {
-                            first: e.piece.clone(),
-                            segment: e.segment,
-                            len: e.piece.len(),
-                            leading: runs.is_empty(),
-                        }),
-                    }
-                    newest = Some(e.created);
-                }
-                None => {
-                    runs.clear();
-                    newest = None;
+            let entry = ring.entry_at(i, pos, &guard);
+            i = ring.next(i);
+            let Some(e) = entry else {
+                // Lapped under us: keep only what follows, so the answer stays contiguous.
+                runs.clear();
+                current = None;
+                newest = None;
+                continue;
+            };
+            newest = Some(e.created);
+            if let Some(run) = &mut current {
+                if run.extends(e.segment, &e.piece) {
+                    run.len += e.piece.len();
+                    continue;
                 }
             }
+            let leading = current.is_none() && runs.is_empty();
+            let run = Run { first: e.piece.clone(), segment: e.segment, len: e.piece.len(), leading };
+            if let Some(done) = current.replace(run) {
+                runs.push(done);
+            }
+        }
+        if let Some(last) = current {
+            runs.push(last);
         }
         drop(guard);
         let copied = runs.iter().map(Run::len).filter(|&len| len < A::KEEP_FROM).sum();
@@ -474,8 +505,11 @@ impl Mailbox {
         let start = seek(ring, head, cutoff, &guard);
         let end = head.min(start.saturating_add(limit as u64));
         let base = out.len();
+        let mut i = ring.index(start);
         for pos in start..end {
-            match ring.entry(pos, &guard) {
+            let entry = ring.entry_at(i, pos, &guard);
+            i = ring.next(i);
+            match entry {
                 Some(e) => out.push((e.created, e.json())),
                 None => out.truncate(base), // lapped under us: keep the run contiguous
             }
