@@ -6,7 +6,7 @@
 
 use crate::clock::Cursor;
 use crate::mailbox::{Append, Run};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -273,7 +273,9 @@ impl PollAnswer {
             self.tail.put_slice(SUFFIX);
             self.kept.push(self.tail.freeze());
         }
-        let _ = self.head.split_to(HEAD_ROOM - len);
+        // `advance`, not `split_to`: a vector-backed buffer just moves its start (splitting would
+        // allocate a shared header for the part thrown away).
+        self.head.advance(HEAD_ROOM - len);
         Pieces { first: self.head.freeze(), rest: self.kept }
     }
 }
