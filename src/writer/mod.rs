@@ -7,7 +7,10 @@
 //!   sessions, contacts; messages under `--durable-acks`). Ops are applied in the order queued.
 //! - The thread takes whatever is queued — up to [`MAX_BATCH`] ops — and applies it as one
 //!   transaction, then completes the batch's commits: group commit, so many waiting requests
-//!   share one commit. Between batches it deletes expired messages in bounded steps, and an idle
+//!   share one commit. After a batch it sleeps [`LINGER`] before taking the next, unless woken
+//!   by a durable write or a stop: a busy server's write-behind sends then queue without waking
+//!   it one by one. An idle thread blocks on the channel, so the first write after a quiet spell
+//!   wakes it at once. Between batches it deletes expired messages in bounded steps, and an idle
 //!   store is pinged every [`HEALTH_CHECK`] so `/readyz` tells the truth.
 //! - **No poison batch.** A batch the store refuses for good ([`ErrorKind::Rejected`]) is split
 //!   in halves, and the halves applied in order, until the one op at fault is found; that op is
@@ -53,6 +56,11 @@ use std::time::{Duration, Instant};
 pub const MAX_BATCH: usize = 8192;
 /// How long the thread waits for work before it checks whether there is any other to do.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// After a batch, how long the thread sleeps before it takes the next, so that a busy server's
+/// write-behind sends queue without waking it: it is woken at once only when idle, or for a
+/// durable write or a stop. A send reaches the store at most this much later than it would
+/// otherwise; what is acknowledged and what a stop writes do not change.
+const LINGER: Duration = Duration::from_millis(1);
 /// How long the store may go without a write, cull or ping before the thread pings it, so that
 /// `/readyz` notices an unreachable store on an idle server too.
 pub const HEALTH_CHECK: Duration = Duration::from_secs(1);
@@ -119,6 +127,8 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     spill_dir: PathBuf,
     metrics: Arc<Metrics>,
+    /// The writer thread, to wake from [`LINGER`] for a durable write or a stop.
+    thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -154,9 +164,17 @@ impl std::fmt::Debug for WriterHandle {
 }
 
 impl WriterHandle {
-    fn queue(&self, cmd: Command) {
+    /// Queues `cmd`; `urgent` wakes the thread from its [`LINGER`] (an idle thread blocked on
+    /// the channel wakes for any command).
+    fn queue(&self, cmd: Command, urgent: bool) {
         self.shared.pending.inc();
-        if let Err(crossbeam_channel::SendError(cmd)) = self.tx.send(cmd) {
+        let sent = self.tx.send(cmd);
+        if urgent {
+            if let Some(t) = self.shared.thread.get() {
+                t.unpark();
+            }
+        }
+        if let Err(crossbeam_channel::SendError(cmd)) = sent {
             // Only after Writer::stop; nothing can be written any more.
             self.shared.pending.dec();
             if let Command::Apply(op, commit) = cmd {
@@ -170,20 +188,20 @@ impl WriterHandle {
 
     /// Queues `op` without waiting (write-behind).
     pub fn submit(&self, op: Op) {
-        self.queue(Command::Apply(op, None));
+        self.queue(Command::Apply(op, None), false);
     }
 
     /// Queues `op`; the returned [`Commit`] completes once it has committed (or was refused, or
     /// could not be written before a stop).
     pub fn submit_durable(&self, op: Op) -> Arc<Commit> {
         let commit = Arc::new(Commit::new());
-        self.queue(Command::Apply(op, Some(commit.clone())));
+        self.queue(Command::Apply(op, Some(commit.clone())), true);
         commit
     }
 
     /// Asks the writer to delete messages created before `before_ns`, in bounded steps.
     pub fn cull(&self, before_ns: i64) {
-        self.queue(Command::Cull { before_ns });
+        self.queue(Command::Cull { before_ns }, false);
     }
 
     /// Writes queued and not yet committed.
@@ -241,11 +259,14 @@ impl Writer {
             deadline: Mutex::new(None),
             spill_dir: config.spill_dir,
             metrics,
+            thread: std::sync::OnceLock::new(),
         });
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new().name("chatbus-writer".into()).spawn(move || run(store, &rx, &shared))?
         };
+        // Set before any handle exists, so before anything can be queued.
+        let _ = shared.thread.set(thread.thread().clone());
         Ok(Self { handle: WriterHandle { tx, shared }, thread: Some(thread), drop_timeout: Duration::from_secs(30) })
     }
 
@@ -263,7 +284,7 @@ impl Writer {
     fn stop_and_join(&mut self, timeout: Duration) -> StopReport {
         let Some(thread) = self.thread.take() else { return StopReport::default() };
         *self.handle.shared.deadline.lock() = Some(Instant::now() + timeout);
-        self.handle.queue(Command::Stop);
+        self.handle.queue(Command::Stop, true);
         thread.join().unwrap_or_else(|_| {
             tracing::error!("the writer thread panicked");
             StopReport { lost: Some("the writer thread panicked".into()), ..StopReport::default() }
@@ -315,7 +336,13 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) -> St
     let mut cull_backoff = Duration::ZERO;
     let mut last_contact = Instant::now();
     let mut stopping = false;
+    // Whether the last round found work: then the next one lingers instead of blocking.
+    let mut busy = false;
     loop {
+        // Busy, with no cull and no stop: linger (see `LINGER`) rather than block on the
+        // channel, where every send would wake us (a futex call on the request's thread and a
+        // context switch per send).
+        let linger = busy && !stopping && cull_before.is_none();
         // Wait for work; with culling to do, only peek (or back off after a failure).
         let wait = if stopping {
             Duration::ZERO
@@ -335,10 +362,14 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) -> St
                 Command::Stop => *stopping = true,
             }
         };
-        match rx.recv_timeout(wait) {
-            Ok(cmd) => take(cmd, &mut batch, &mut stopping),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => stopping = true,
+        if linger {
+            std::thread::park_timeout(LINGER);
+        } else {
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => take(cmd, &mut batch, &mut stopping),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stopping = true,
+            }
         }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -347,6 +378,7 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) -> St
             }
         }
         let drained = taken == 0;
+        busy = !drained;
         if batch.len() > 0 {
             if let Err(unwritten) = applier.apply(&mut *store, &batch, shared) {
                 shared.pending.sub(i64::try_from(taken).unwrap_or(i64::MAX));
@@ -439,6 +471,7 @@ pub fn replay_spills(dir: &Path, store: &mut dyn Store, metrics: Arc<Metrics>) -
         deadline: Mutex::new(Some(Instant::now())),
         spill_dir: dir.to_path_buf(),
         metrics,
+        thread: std::sync::OnceLock::new(),
     };
     spill::replay(dir, store, |store, ops| {
         let mut batch = Batch::default();

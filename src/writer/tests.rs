@@ -241,3 +241,34 @@ fn sends_are_refused_past_the_count_and_time_bounds() {
     assert_eq!(r.writer.stop(Duration::from_secs(5)), StopReport::default());
     assert_eq!(r.ops.lock().len(), 60);
 }
+
+/// A busy writer sleeps between batches instead of blocking on the channel (so sends do not
+/// wake it one by one); every write-behind op still reaches the store on its own, with nothing
+/// else to wake the thread, and so does a durable one queued while it sleeps.
+#[test]
+fn a_lingering_writer_still_writes_everything_promptly() {
+    let r = rig(vec![], 1_000, Duration::from_secs(5));
+    let handle = r.writer.handle();
+    let written = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while r.ops.lock().len() < n {
+            assert!(Instant::now() < deadline, "op {n} was queued but never written");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    };
+    // Each op arrives right after the one before was written: the thread is busy, lingering.
+    for id in 0..50 {
+        handle.submit(op(id));
+        written(usize::try_from(id).unwrap() + 1);
+    }
+    let commit = handle.submit_durable(op(50));
+    written(51);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while commit.outcome().is_none() {
+        assert!(Instant::now() < deadline, "the durable op never committed");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert_eq!(commit.outcome(), Some(Outcome::Committed));
+    assert_eq!(*r.ops.lock(), (0..=50).map(op).collect::<Vec<_>>(), "everything, once, in order");
+    assert_eq!(r.writer.stop(Duration::from_secs(5)), StopReport::default());
+}
