@@ -339,10 +339,11 @@ fn run(mut store: Box<dyn Store>, rx: &Receiver<Command>, shared: &Shared) -> St
     // Whether the last round found work: then the next one lingers instead of blocking.
     let mut busy = false;
     loop {
-        // Busy, with no cull and no stop: linger (see `LINGER`) rather than block on the
-        // channel, where every send would wake us (a futex call on the request's thread and a
-        // context switch per send).
-        let linger = busy && !stopping && cull_before.is_none();
+        // Busy, with nothing queued yet, no cull and no stop: linger (see `LINGER`) rather than
+        // block on the channel, where every send would wake us (a futex call on the request's
+        // thread and a context switch per send). With writes already queued (a slow store, a
+        // burst) the next batch starts at once, as before.
+        let linger = busy && rx.is_empty() && !stopping && cull_before.is_none();
         // Wait for work; with culling to do, only peek (or back off after a failure).
         let wait = if stopping {
             Duration::ZERO
