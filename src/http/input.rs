@@ -327,21 +327,32 @@ fn plain_message(body: &[u8]) -> Option<NewMessage<'_>> {
         Some((std::str::from_utf8(t).ok()?, start + len + 1))
     }
     // Every byte outside the text is matched against ASCII tokens, digits or whitespace.
-    let i = expect(body, 0, b"{")?;
-    let (receiver_id, text, i) = if let Some(i) = expect(body, i, b"\"receiver_id\"") {
-        let (id, i) = integer(body, expect(body, i, b":")?)?;
-        let i = expect(body, expect(body, i, b",")?, b"\"body\"")?;
-        let (t, i) = text(body, expect(body, i, b":")?)?;
-        (id, t, i)
-    } else {
-        let i = expect(body, i, b"\"body\"")?;
-        let (t, i) = text(body, expect(body, i, b":")?)?;
-        let i = expect(body, expect(body, i, b",")?, b"\"receiver_id\"")?;
-        let (id, i) = integer(body, expect(body, i, b":")?)?;
-        (id, t, i)
-    };
+    let mut i = expect(body, 0, b"{")?;
+    let (mut receiver_id, mut message) = (None, None);
+    for member in 0..2 {
+        if member == 1 {
+            i = expect(body, i, b",")?;
+        }
+        // Each name once: a repeated one is serde_json's to refuse.
+        match expect(body, i, b"\"receiver_id\"") {
+            Some(j) if receiver_id.is_none() => {
+                let (id, j) = integer(body, expect(body, j, b":")?)?;
+                (receiver_id, i) = (Some(id), j);
+            }
+            _ if message.is_none() => {
+                let j = expect(body, i, b"\"body\"")?;
+                let (t, j) = text(body, expect(body, j, b":")?)?;
+                (message, i) = (Some(t), j);
+            }
+            _ => return None,
+        }
+    }
     let end = expect(body, i, b"}")?;
-    (ws(body, end) == body.len()).then_some(NewMessage { receiver_id, body: Cow::Borrowed(text), attachments: None })
+    (ws(body, end) == body.len()).then_some(NewMessage {
+        receiver_id: receiver_id?,
+        body: Cow::Borrowed(message?),
+        attachments: None,
+    })
 }
 
 /// Parses `{"receiver_id", "body", "attachments"?}`.
@@ -491,23 +502,12 @@ mod tests {
                     format!("\"{k}\"")
                 }
             };
-            let rid = format!(
-                "{}{}{}:{}{}{}",
-                ws(&mut rng),
-                key(&mut rng, "receiver_id"),
-                ws(&mut rng),
-                ws(&mut rng),
-                id,
-                ws(&mut rng)
-            );
-            let bod = format!(
-                "{}{}{}:{}\"{text}\"{}",
-                ws(&mut rng),
-                key(&mut rng, "body"),
-                ws(&mut rng),
-                ws(&mut rng),
-                ws(&mut rng)
-            );
+            let member = |rng: &mut StdRng, name: &str, value: &str| {
+                let (a, k, b, c, d) = (ws(rng), key(rng, name), ws(rng), ws(rng), ws(rng));
+                format!("{a}{k}{b}:{c}{value}{d}")
+            };
+            let rid = member(&mut rng, "receiver_id", &id);
+            let bod = member(&mut rng, "body", &format!("\"{text}\""));
             let mut members = if rng.gen_bool(0.5) { vec![rid, bod] } else { vec![bod, rid] };
             match rng.gen_range(0..30) {
                 0 => members.push("\"attachments\":{\"a\":1}".to_owned()),
@@ -521,19 +521,11 @@ mod tests {
             let tail = either(&mut rng, &["", " ", "\n"], &["x", "}", ",", "\u{0}"]);
             let json = format!("{}{{{}}}{tail}", ws(&mut rng), members.join(","));
             total += 1;
-            let slow = read_message(json.as_bytes());
-            match plain_message(json.as_bytes()) {
-                Some(m) => {
-                    fast += 1;
-                    let s = slow.unwrap_or_else(|e| panic!("{json:?}: the hand reader took it, serde_json: {e:?}"));
-                    assert_eq!(
-                        (m.receiver_id, &*m.body, &m.attachments),
-                        (s.receiver_id, &*s.body, &s.attachments),
-                        "{json:?}"
-                    );
-                }
-                None => assert_eq!(new_message(json.as_bytes()).map(|m| m.receiver_id), slow.map(|m| m.receiver_id)),
-            }
+            fast += usize::from(plain_message(json.as_bytes()).is_some());
+            // What a client gets (the hand reader when it takes the body) against serde_json's
+            // reading of every body: the same message, or the same 400.
+            let fields = |m: NewMessage<'_>| (m.receiver_id, m.body.into_owned(), m.attachments);
+            assert_eq!(new_message(json.as_bytes()).map(fields), read_message(json.as_bytes()).map(fields), "{json:?}");
         }
         // A byte that is no UTF-8, anywhere: both refuse it.
         let good = r#"{"receiver_id": 7, "body": "été"}"#.as_bytes();
