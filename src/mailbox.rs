@@ -165,8 +165,7 @@ impl Ring {
     }
 
     fn slot(&self, pos: u64) -> &Atomic<Entry> {
-        // The cast cannot truncate: the remainder is below the slot count, a usize.
-        &self.slots[(pos % self.slots.len() as u64) as usize]
+        &self.slots[self.index(pos)]
     }
 
     /// The index of `pos`'s slot.
