@@ -175,8 +175,9 @@ impl Ring {
     }
 
     /// The index of the slot after slot `i`'s. Readers walking a run step the index along
-    /// instead of computing `pos % len` per push: a 64-bit division per entry was a large part
-    /// of walking a full mailbox (the 1024-message poll; see the README's "Hot path").
+    /// instead of computing `pos % len` (a 64-bit division) per push; with the run being built
+    /// kept in a local, that made walking 1024 small messages a third faster (criterion
+    /// `poll_bytes`, README "Hot path").
     fn next(&self, i: usize) -> usize {
         if i + 1 == self.slots.len() {
             0
