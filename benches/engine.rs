@@ -23,14 +23,15 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn message_json(created: i64) -> Bytes {
-    render::message(
+    let sent = render::message(
         0x1234_5678_9abc_def0_1234_5678_9abc_def0,
         created,
         7,
         9,
         "a typical chat line, about sixty characters long.",
         None,
-    )
+    );
+    Bytes::copy_from_slice(sent.json())
 }
 
 /// A full mailbox of `capacity`, timestamps 1..=capacity.

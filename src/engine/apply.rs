@@ -33,8 +33,8 @@
 use super::cull::Holds;
 use super::{deliver, Engine, EngineError, Session, SessionId, SessionView, UserView};
 use crate::cluster::{Applied, Command};
+use crate::render::Sent;
 use crate::store::{LogPosition, MessageRow, Op, SessionRow, UserRow};
-use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ pub enum Effect {
     /// The session opened.
     Session(SessionView),
     /// The message sent, as its JSON.
-    Message(Bytes),
+    Message(Sent),
     /// Done; nothing to show (a delete, a close, a contact change, `Touch`, `Tick`).
     Done,
 }
@@ -223,7 +223,7 @@ impl Engine {
         attachments: Option<&str>,
         uuid: u128,
         created: i64,
-    ) -> Result<Bytes, EngineError> {
+    ) -> Result<Sent, EngineError> {
         let receiver = self.stored_user(receiver_id).ok_or(EngineError::NoSuchReceiver)?;
         let sender = &session.user;
         let (created, json) = deliver(sender, &receiver, uuid, body, attachments, || created);

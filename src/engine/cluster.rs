@@ -24,7 +24,7 @@
 use super::{Effect, Engine, EngineError, NotReady, Session, SessionId, SessionView, UserView};
 use crate::clock::Clock;
 use crate::cluster::{ApplierHandle, Command, Log, PublishError, Publisher};
-use bytes::Bytes;
+use crate::render::Sent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ impl Engine {
         receiver_id: i64,
         body: &str,
         attachments: Option<String>,
-    ) -> Result<Bytes, EngineError> {
+    ) -> Result<Sent, EngineError> {
         self.admit_send(session)?;
         session.touch(Clock::wall_ns());
         let message = SessionId::random().to_string();

@@ -71,11 +71,10 @@ pub use types::{ContactView, Session, SessionId, SessionView, User, UserView};
 use crate::clock::{Clock, Cursor};
 use crate::mailbox::Append;
 use crate::metrics::Metrics;
-use crate::render;
+use crate::render::{self, Sent};
 use crate::store::ErrorKind;
 use crate::store::{MessageRow, Op};
 use crate::writer::{Commit, Outcome, Refusal, WriterHandle};
-use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -408,7 +407,7 @@ impl Engine {
         receiver_id: i64,
         body: &str,
         attachments: Option<String>,
-    ) -> Result<Bytes, EngineError> {
+    ) -> Result<Sent, EngineError> {
         if self.config.cluster {
             return self.clustered_send(session, receiver_id, body, attachments).await;
         }
@@ -452,7 +451,7 @@ fn deliver(
     body: &str,
     attachments: Option<&str>,
     stamp: impl FnOnce() -> i64,
-) -> (i64, Bytes) {
+) -> (i64, Sent) {
     let (first, second) = if sender.id <= receiver.id { (sender, receiver) } else { (receiver, sender) };
     let (created, json, wake_first, wake_second) = {
         let mut first_w = first.mailbox.lock();

@@ -72,6 +72,6 @@ pub async fn hold_then_poll(
 pub async fn send(engine: &Engine, session: Seg<SessionId>, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let session = engine.session(session?)?;
     let m = input::new_message(body)?;
-    let json = engine.send(&session, m.receiver_id, &m.body, m.attachments).await?;
-    Ok(ok(render::ok_raw(&json)))
+    let sent = engine.send(&session, m.receiver_id, &m.body, m.attachments).await?;
+    Ok(ok(sent.into_envelope()))
 }
