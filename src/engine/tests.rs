@@ -265,6 +265,33 @@ fn session_ids_are_32_lowercase_hex_digits_both_ways() {
     assert_eq!(random.to_string().parse::<SessionId>(), Ok(random));
 }
 
+/// The eight-at-a-time parse agrees with a plain one on every byte value in every position of
+/// an id (the rest of it valid), and on random ids.
+#[test]
+fn session_id_parse_agrees_with_a_plain_parse_on_every_byte_everywhere() {
+    let plain = |s: &[u8]| -> Option<u128> {
+        (s.len() == 32 && s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| u128::from_str_radix(std::str::from_utf8(s).unwrap(), 16).unwrap())
+    };
+    let parse = |s: &[u8]| std::str::from_utf8(s).ok().and_then(|s| s.parse::<SessionId>().ok()).map(|id| id.0);
+    for _ in 0..200 {
+        let base = SessionId::random().to_string().into_bytes();
+        assert_eq!(parse(&base), plain(&base));
+        for at in 0..32 {
+            for byte in 0..=255u8 {
+                let mut s = base.clone();
+                s[at] = byte;
+                assert_eq!(parse(&s), plain(&s), "{s:?}");
+            }
+        }
+    }
+    for s in
+        ["00000000000000000000000000000000", "ffffffffffffffffffffffffffffffff", "0123456789abcdef0123456789abcdef"]
+    {
+        assert_eq!(parse(s.as_bytes()), plain(s.as_bytes()), "{s}");
+    }
+}
+
 /// A waiter ends when its session closes, when a message arrives in its mailbox (not another's),
 /// when its deadline passes, and when the server stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,11 +238,11 @@ fn allow(path: &Path<'_>) -> &'static str {
 }
 
 /// The text before the next `/` of `rest` (all of it when there is none), as `str::split('/')`
-/// yields it: a byte loop, which for path segments of a few bytes costs a third of `split`'s
-/// searcher (callgrind).
+/// yields it: `memchr`, which for path segments of a few bytes costs a third of `split`'s
+/// searcher, and a little less than a byte loop over a poll's path (callgrind).
 fn next_segment<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
     let s = (*rest)?;
-    match s.bytes().position(|b| b == b'/') {
+    match memchr::memchr(b'/', s.as_bytes()) {
         Some(i) => {
             *rest = Some(&s[i + 1..]);
             Some(&s[..i])
