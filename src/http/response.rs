@@ -118,6 +118,10 @@ pub fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Ht
 }
 
 /// [`respond`] with any body.
+///
+/// The two headers are inserted, not cloned from a ready map: hyper parses the connection's next
+/// request into this answer's map, and a clone is cut to its two entries, so that parse must
+/// grow it again (callgrind: a cloned map saved 88 instructions here and cost 314 in the parse).
 fn respond_with(status: StatusCode, content_type: HeaderValue, body: Body) -> HttpResponse {
     let mut res = Response::new(body);
     *res.status_mut() = status;
