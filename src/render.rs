@@ -333,21 +333,32 @@ impl PollAnswer {
 
     /// Writes the envelope around the messages.
     pub fn finish(mut self, cursor: Cursor, gap: bool) -> Pieces {
+        let mut unix = itoa::Buffer::new();
+        let mut nano = itoa::Buffer::new();
+        let parts = [
+            &b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":"[..],
+            unix.format(cursor.unix).as_bytes(),
+            b",\"nano\":",
+            nano.format(cursor.nano).as_bytes(),
+            if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" },
+        ];
+        if self.head.is_empty() && self.kept.is_empty() {
+            // No message (every empty poll): the envelope alone, in a buffer of exactly its
+            // size, which `Bytes` takes over without allocating a shared header for it.
+            let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + SUFFIX.len());
+            for part in parts {
+                out.extend_from_slice(part);
+            }
+            out.extend_from_slice(SUFFIX);
+            return Pieces { first: Bytes::from(out), rest: Vec::new() };
+        }
         if self.head.is_empty() {
             self.head = BytesMut::with_capacity(HEAD_ROOM + SUFFIX.len());
             self.head.resize(HEAD_ROOM, 0);
         }
         let mut head = [0u8; HEAD_ROOM];
         let mut w = &mut head[..];
-        let mut unix = itoa::Buffer::new();
-        let mut nano = itoa::Buffer::new();
-        for part in [
-            &b"{\"meta\":{\"http_code\":200,\"cursor\":{\"unix\":"[..],
-            unix.format(cursor.unix).as_bytes(),
-            b",\"nano\":",
-            nano.format(cursor.nano).as_bytes(),
-            if gap { b"},\"gap\":true},\"response\":[" } else { b"},\"gap\":false},\"response\":[" },
-        ] {
+        for part in parts {
             w.put_slice(part);
         }
         let len = HEAD_ROOM - w.len();

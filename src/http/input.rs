@@ -125,6 +125,11 @@ pub fn cutoff(unix: Option<&str>, nano: Option<&str>) -> Result<Option<Cursor>, 
     let Some(unix) = unix else { return Ok(None) };
     let unix = int_segment(unix, "unix")?;
     let nano = nano.map(|n| int_segment(n, "nano")).transpose()?.unwrap_or(0);
+    cursor_of(unix, nano)
+}
+
+/// The cutoff `unix` seconds and `nano` nanoseconds name (see [`cutoff`]).
+pub fn cursor_of(unix: i64, nano: i64) -> Result<Option<Cursor>, ApiError> {
     Cursor::normalise(unix, nano)
         .map(Some)
         .ok_or_else(|| ApiError::bad_request("unix: timestamp out of range after adding nano"))

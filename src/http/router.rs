@@ -189,6 +189,56 @@ enum Path<'a> {
 /// Resolves a method and a path (without query). `HEAD` is served like `GET`; `OPTIONS` is the
 /// preflight on every path.
 pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRouted> {
+    if *method == Method::GET || *method == Method::HEAD {
+        if let Some(poll) = plain_poll(path) {
+            return Ok(poll);
+        }
+    }
+    resolve_any(method, path)
+}
+
+/// The poll as nearly every one is written — `/api/messages/<id>[/<unix>[/<nano>]][/]`, a valid
+/// id, plain digits — read in one pass: what [`resolve_any`] makes of the same path, at half
+/// the cost (callgrind: ~1,020 instructions a poll, of a handler's ~4,000). `None` for anything
+/// else, which `resolve_any` then reads (a test holds the two together).
+#[inline]
+fn plain_poll(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix("/api/messages/")?;
+    let session = Ok(rest.get(..32)?.parse::<SessionId>().ok()?);
+    let mut rest = rest.as_bytes().get(32..)?;
+    if rest.last() == Some(&b'/') {
+        rest = &rest[..rest.len() - 1];
+    }
+    let mut numbers = [0i64; 2];
+    let mut given = 0;
+    while !rest.is_empty() {
+        // Each segment: '/' and 1..=18 digits (no sign, no overflow); at most two.
+        rest = rest.strip_prefix(b"/")?;
+        let digits = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        if given == 2 || digits == 0 || digits > 18 {
+            return None;
+        }
+        let mut n = 0i64;
+        for &b in &rest[..digits] {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            n = n * 10 + i64::from(d);
+        }
+        numbers[given] = n;
+        given += 1;
+        rest = &rest[digits..];
+    }
+    let cutoff = match given {
+        0 => Ok(None),
+        _ => input::cursor_of(numbers[0], numbers[1]),
+    };
+    Some(Route::MessagesPoll(session, cutoff))
+}
+
+/// Any route, by the general reading of a path (see [`resolve`]).
+fn resolve_any<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRouted> {
     if *method == Method::OPTIONS {
         return Ok(Route::Options);
     }
@@ -307,6 +357,60 @@ mod tests {
 
     fn name(method: Method, path: &str) -> Result<&'static str, NotRouted> {
         resolve(&method, path).map(|r| RouteName::from(&r).into())
+    }
+
+    /// The one-pass reading of a plain poll gives exactly the route the general reading gives,
+    /// for every path it takes; it takes the common shapes, and leaves the rest (signs, empty
+    /// segments, a segment too many, long numbers, bad ids) to the general reading.
+    #[test]
+    fn plain_polls_read_as_the_general_reading_reads_them() {
+        use rand::{Rng, SeedableRng};
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let pieces =
+            ["/", "1", "0", "9", "1700000000", "999999999", "-", "+", "a", "", "//", "123456789012345678", "9"];
+        let ids = [
+            id,
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdé",
+        ];
+        let mut taken = 0;
+        for i in 0..20_000 {
+            let mut path = format!("/api/messages/{}", ids[if i % 4 == 0 { rng.gen_range(0..ids.len()) } else { 0 }]);
+            for _ in 0..rng.gen_range(0..7) {
+                path.push_str(pieces[rng.gen_range(0..pieces.len())]);
+            }
+            if let Some(fast) = plain_poll(&path) {
+                taken += 1;
+                let general = resolve_any(&Method::GET, &path).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+                assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{path}");
+            }
+        }
+        assert!(taken > 2_000, "the fast reading took only {taken} paths");
+        for (path, cutoff) in [
+            (format!("/api/messages/{id}"), None),
+            (format!("/api/messages/{id}/"), None),
+            (format!("/api/messages/{id}/1700000000"), Some((1_700_000_000, 0))),
+            (format!("/api/messages/{id}/1700000000/5/"), Some((1_700_000_000, 5))),
+            (format!("/api/messages/{id}/1/1500000000"), Some((2, 500_000_000))),
+        ] {
+            let Some(Route::MessagesPoll(Ok(s), Ok(c))) = plain_poll(&path) else { panic!("{path} not taken") };
+            assert_eq!(s, id.parse().unwrap());
+            assert_eq!(c.map(|c| (c.unix, c.nano)), cutoff, "{path}");
+        }
+        for path in [
+            format!("/api/messages/{id}//"),
+            format!("/api/messages/{id}/1/2/3"),
+            format!("/api/messages/{id}/-1"),
+            format!("/api/messages/{id}/+1"),
+            format!("/api/messages/{id}/1234567890123456789"),
+            format!("/api/messages/{id}x"),
+            "/api/messages/0123456789ABCDEF0123456789abcdef".to_owned(),
+        ] {
+            assert!(plain_poll(&path).is_none(), "{path}");
+        }
     }
 
     #[test]
