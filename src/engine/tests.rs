@@ -290,6 +290,18 @@ fn session_id_parse_agrees_with_a_plain_parse_on_every_byte_everywhere() {
     {
         assert_eq!(parse(s.as_bytes()), plain(s.as_bytes()), "{s}");
     }
+    // Characters of two, three and four bytes, anywhere in 32 bytes: never an id, never a panic
+    // (the test build checks arithmetic overflow).
+    for wide in ["é", "ÿ", "€", "\u{fff}", "𝄞", "\u{10ffff}"] {
+        for at in 0..=32 - wide.len() {
+            let s = format!("{}{wide}{}", &"0123456789abcdef0123456789abcdef"[..at], "f".repeat(32 - at - wide.len()));
+            assert_eq!(s.len(), 32);
+            assert_eq!(s.parse::<SessionId>(), Err(EngineError::NoSuchSession), "{s}");
+        }
+    }
+    let all_wide = "éééééééééééééééé";
+    assert_eq!(all_wide.len(), 32);
+    assert_eq!(all_wide.parse::<SessionId>(), Err(EngineError::NoSuchSession));
 }
 
 /// A waiter ends when its session closes, when a message arrives in its mailbox (not another's),

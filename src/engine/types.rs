@@ -62,12 +62,16 @@ impl FromStr for SessionId {
 fn hex8(x: u64) -> Option<u32> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // For bytes below 0x80, adding 0x80 - lo sets a byte's high bit exactly when it is >= lo,
-    // and never carries into the next byte.
+    // A byte of 0x80 or more (part of a longer UTF-8 character) is no digit; without any, the
+    // additions below cannot carry out of a byte or overflow.
+    if x & HIGH != 0 {
+        return None;
+    }
+    // For bytes below 0x80, adding 0x80 - lo sets a byte's high bit exactly when it is >= lo.
     let at_least = |lo: u8| (x + u64::from(0x80 - lo) * ONES) & HIGH;
     let digit = at_least(b'0') & !at_least(b'9' + 1);
     let letter = at_least(b'a') & !at_least(b'f' + 1);
-    if x & HIGH != 0 || (digit | letter) != HIGH {
+    if (digit | letter) != HIGH {
         return None;
     }
     // '0'..'9' -> 0..9 by their low nibble; 'a'..'f' have low nibbles 1..6: add 9.
