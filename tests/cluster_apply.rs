@@ -117,7 +117,7 @@ impl Node {
             message: message.clone(),
         };
         match self.run(&message, &command).await {
-            (seq, Ok(Effect::Message(json))) => (seq, json.to_vec()),
+            (seq, Ok(Effect::Message(json))) => (seq, json.json().to_vec()),
             (_, other) => panic!("send {body}: {other:?}"),
         }
     }

@@ -461,9 +461,10 @@ pub fn check_new_message(data: &[u8]) {
     let uuid = u128::from(h) << 64 | u128::from(h.rotate_left(17));
     let created = h as i64;
     let sender = h.rotate_left(29) as i64;
-    let out = render::message(uuid, created, sender, m.receiver_id, &m.body, m.attachments.as_deref());
+    let sent = render::message(uuid, created, sender, m.receiver_id, &m.body, m.attachments.as_deref());
+    let out = sent.json();
     let v: Value =
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("rendered message is not JSON ({e}): {out:?}"));
+        serde_json::from_slice(out).unwrap_or_else(|e| panic!("rendered message is not JSON ({e}): {out:?}"));
     let obj = v.as_object().expect("rendered message is an object");
     let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     assert_eq!(keys, ["uuid", "created_utc", "sender_id", "receiver_id", "body", "attachments"], "rendered keys");
@@ -474,7 +475,7 @@ pub fn check_new_message(data: &[u8]) {
     assert_eq!(obj["body"].as_str(), Some(&*m.body), "rendered body");
     assert!(same_json(&obj["attachments"], &attachments), "rendered attachments: {}", obj["attachments"]);
 
-    check_poll_envelope(Cursor::from_ns(created), &[&out, &out]);
+    check_poll_envelope(Cursor::from_ns(created), &[out, out]);
 }
 
 /// A rendered `created_utc`: Go's `RFC3339Nano` (UTC, `Z`, no trailing zeros in the fraction)

@@ -147,7 +147,7 @@ fn restore_rebuilds_mailboxes_and_watermarks() {
     // The next user id and timestamps continue after the restored ones.
     assert_eq!(user(&e, "c"), 6);
     let sent = at_once(e.send(&s, 5, "new", None)).unwrap();
-    assert!(created(&sent) > now + 4);
+    assert!(created(sent.json()) > now + 4);
     // User 5's watermark: the stored one (now - 1000) is older than what capacity pushed out
     // on replay (m1), and the send above pushed out m2.
     let b = e.user_arc(5).unwrap();
@@ -159,7 +159,7 @@ fn culling_expires_sessions_and_messages_per_shard() {
     let (_w, e) = engine(16, 3);
     let a = user(&e, "a");
     let s = session(&e, a);
-    let sent = created(&at_once(e.send(&s, a, "self", None)).unwrap());
+    let sent = created(at_once(e.send(&s, a, "self", None)).unwrap().json());
     // Not yet expired.
     e.cull_all(Clock::wall_ns(), true);
     assert!(e.session(s.uuid).is_ok());

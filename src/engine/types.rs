@@ -39,7 +39,7 @@ impl FromStr for SessionId {
     /// Exactly 32 lowercase hex digits; anything else names no session. Every session route
     /// parses one, so it is hand-written, eight digits at a time in a `u64` (SWAR): each byte
     /// tested against the two ranges with carry-free additions, the nibbles then packed
-    /// together (callgrind: ~255 instructions with a table look-up per digit, ~110 so;
+    /// together (callgrind: ~255 instructions with a table look-up per digit, ~158 so;
     /// `u128::from_str_radix` cost about seven times the table's).
     fn from_str(s: &str) -> Result<Self, EngineError> {
         let b = s.as_bytes();

@@ -199,8 +199,9 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NotRoute
 
 /// The poll as nearly every one is written — `/api/messages/<id>[/<unix>[/<nano>]][/]`, a valid
 /// id, plain digits — read in one pass: what [`resolve_any`] makes of the same path, at half
-/// the cost (callgrind: ~1,020 instructions a poll, of a handler's ~4,000). `None` for anything
-/// else, which `resolve_any` then reads (a test holds the two together).
+/// the cost (callgrind: routing a poll took 1,020 instructions of a handler's ~4,000 through
+/// `resolve_any`, 539 so). `None` for anything else, which `resolve_any` then reads (a test
+/// holds the two together).
 #[inline]
 fn plain_poll(path: &str) -> Option<Route<'_>> {
     let rest = path.strip_prefix("/api/messages/")?;
@@ -288,8 +289,8 @@ fn allow(path: &Path<'_>) -> &'static str {
 }
 
 /// The text before the next `/` of `rest` (all of it when there is none), as `str::split('/')`
-/// yields it: `memchr`, which for path segments of a few bytes costs a third of `split`'s
-/// searcher, and a little less than a byte loop over a poll's path (callgrind).
+/// yields it: `memchr` (callgrind: ~50 instructions fewer than a byte loop over a poll's path,
+/// which itself cost a third of `split`'s searcher).
 fn next_segment<'a>(rest: &mut Option<&'a str>) -> Option<&'a str> {
     let s = (*rest)?;
     match memchr::memchr(b'/', s.as_bytes()) {

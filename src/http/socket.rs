@@ -216,12 +216,13 @@ async fn answer_send(engine: &Engine, hold: &Hold, frame: &[u8]) -> Bytes {
         Err(e) => Err(e),
     };
     match sent {
-        Ok(json) => {
+        Ok(sent) => {
+            let json = sent.json();
             let mut out = BytesMut::with_capacity(40 + json.len());
             out.put_slice(b"{\"type\":\"sent\",\"ref\":");
             put_ref(&mut out, reference);
             out.put_slice(b",\"message\":");
-            out.put_slice(&json);
+            out.put_slice(json);
             out.put_u8(b'}');
             out.freeze()
         }

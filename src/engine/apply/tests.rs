@@ -216,7 +216,7 @@ fn times_come_from_the_log() {
         message: hex(9),
     };
     let Ok(Effect::Message(json)) = n.apply(4, t0 + 50, &send) else { panic!("not sent") };
-    assert_eq!(created_of(&json), vec![t0 + 50]);
+    assert_eq!(created_of(json.json()), vec![t0 + 50]);
     let session = n.engine.session(s.parse().unwrap()).unwrap();
     assert_eq!(session.last_active(), t0 + 50);
     for id in [1, 2] {
