@@ -23,7 +23,7 @@ use super::contract::{assert_message_shape, uuid_of};
 use super::load::SetOnDrop;
 use super::store::postgres_messages;
 use super::timestamp::created;
-use super::wait::wait_until;
+use super::wait::{wait_until, wait_until_or};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -204,12 +204,32 @@ impl Nodes {
     }
 
     /// SIGTERMs every live node; each must exit 0.
-    pub async fn stop(self) {
-        for bin in self.nodes.into_iter().flatten() {
+    pub async fn stop(mut self) {
+        for bin in std::mem::take(&mut self.nodes).into_iter().flatten() {
             bin.stop().await;
         }
     }
 }
+
+/// A test that fails with nodes up shows the end of each one's stderr: what a node logged is
+/// often the only account of why a cluster did not do what the test waited for.
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, bin) in self.nodes.iter().enumerate() {
+            let Some(bin) = bin else { continue };
+            let stderr = bin.stderr();
+            let lines: Vec<&str> = stderr.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(STDERR_TAIL)..];
+            eprintln!("--- node {i}: the last {} lines of its stderr ---\n{}", tail.len(), tail.join("\n"));
+        }
+    }
+}
+
+/// How many lines of a node's stderr a failed test shows.
+const STDERR_TAIL: usize = 60;
 
 /// The clients of the live nodes, by node index (`None`: down). Cheap to clone; clones share.
 #[derive(Clone, Default)]
@@ -403,7 +423,21 @@ impl Senders {
     /// Waits (at most `limit`) until `more` further sends have been acknowledged.
     pub async fn progress(&self, more: usize, limit: Duration, what: &str) {
         let target = self.acked() + more;
-        wait_until(&format!("{more} more acknowledged sends {what}"), limit, || async { self.acked() >= target }).await;
+        let waited = wait_until_or(limit, || async { self.acked() >= target }).await;
+        if !waited {
+            // Read under the lock, panic outside it (the senders go on with it until dropped).
+            let (unavailable, unanswered, unexpected) = {
+                let s = self.sent.lock().unwrap();
+                (s.unavailable, s.unanswered, s.unexpected.clone())
+            };
+            let acked = self.acked();
+            panic!(
+                "timed out after {limit:?} waiting for {more} more acknowledged sends {what}: {} of them came; \
+                 {acked} acknowledged in all, {unavailable} answered 503, {unanswered} unanswered, unexpected \
+                 answers: {unexpected:?}",
+                more - target.saturating_sub(acked),
+            );
+        }
     }
 
     /// Stops the senders (each finishes the send it is in) and returns what they recorded;

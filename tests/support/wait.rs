@@ -8,16 +8,29 @@ use std::time::{Duration, Instant};
 const INTERVAL: Duration = Duration::from_millis(10);
 
 /// Checks `check` every 10 ms until it holds; panics naming `what` after `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(wait_until_or(limit, check).await, "timed out after {limit:?} waiting for {what}");
+}
+
+/// Checks `check` every 10 ms until it holds (`true`) or `limit` has passed (`false`), for a
+/// caller that says more than [`wait_until`] can about what did not happen.
+pub async fn wait_until_or<F, Fut>(limit: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(INTERVAL).await;
     }
+    true
 }
 
 /// Waits until the wall clock is past `ns` + 2 ms, so that a request made now is measurably
