@@ -23,6 +23,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start (JetStream recovers its storage first).
@@ -162,6 +165,47 @@ impl Nats {
     }
 }
 
+/// Which server leads a stream, as a running server reports it every 50 ms, from when the watch
+/// started until it is dropped: what tells a write refused because NATS elected a leader again
+/// (each election takes seconds: no server leads meanwhile, or another one does after it) from
+/// one refused while NATS had a leader all along.
+pub struct LeaderWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<LeaderSeen>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A change a [`LeaderWatch`] saw: when (since it started), and the leader's index (`None`: none).
+type LeaderSeen = (Duration, Option<usize>);
+
+impl LeaderWatch {
+    /// Whether NATS was electing the stream's leader at some moment since the watch started: no
+    /// running server named a leader, or the leader changed.
+    pub fn saw_election(&self) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.len() > 1 || seen.iter().any(|(_, leader)| leader.is_none())
+    }
+
+    /// Every change seen so far, for a failure message.
+    pub fn history(&self) -> String {
+        let seen = self.seen.lock().unwrap();
+        let changes: Vec<String> = seen
+            .iter()
+            .map(|(at, leader)| format!("{at:.1?}: {}", leader.map_or("none".to_string(), |i| format!("n{i}"))))
+            .collect();
+        changes.join(", ")
+    }
+}
+
+impl Drop for LeaderWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
@@ -276,6 +320,29 @@ impl NatsCluster {
             assert!(Instant::now() < deadline, "no leader for stream {stream} within {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts watching which server leads `stream` (see [`LeaderWatch`]).
+    pub fn watch_stream_leader(self: &Arc<Self>, stream: &str) -> LeaderWatch {
+        let (nats, stream) = (self.clone(), stream.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let thread = std::thread::spawn({
+            let (stop, seen) = (stop.clone(), seen.clone());
+            move || {
+                let began = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let leader = nats.stream_leader(&stream).filter(|&i| nats.servers[i].running());
+                    let mut seen = seen.lock().unwrap();
+                    if seen.last().map(|(_, l)| *l) != Some(leader) {
+                        seen.push((began.elapsed(), leader));
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        LeaderWatch { stop, seen, thread: Some(thread) }
     }
 
     fn ask(&self, read: impl Fn(&serde_json::Value) -> Option<String>) -> Option<String> {
