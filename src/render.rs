@@ -181,12 +181,6 @@ impl Sent {
     }
 }
 
-impl AsRef<[u8]> for Sent {
-    fn as_ref(&self) -> &[u8] {
-        self.json()
-    }
-}
-
 /// `{"meta":{"http_code":200},"response":VALUE}` for any serialisable value.
 pub fn ok_value<T: Serialize + ?Sized>(value: &T) -> Bytes {
     let mut out = Vec::with_capacity(256);

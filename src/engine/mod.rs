@@ -437,7 +437,7 @@ impl Engine {
 }
 
 /// Pushes a message into the sender's and the receiver's mailboxes and wakes their waiters;
-/// returns its `created` and JSON. `stamp` gives the timestamp: the live path's clock, or the
+/// returns its `created` and the rendered message. `stamp` gives the timestamp: the live path's clock, or the
 /// log's (cluster mode, see [`Engine::apply`]).
 ///
 /// The ordering invariant (module doc): both mailboxes are locked — in user-id order, so two
@@ -453,14 +453,14 @@ fn deliver(
     stamp: impl FnOnce() -> i64,
 ) -> (i64, Sent) {
     let (first, second) = if sender.id <= receiver.id { (sender, receiver) } else { (receiver, sender) };
-    let (created, json, wake_first, wake_second) = {
+    let (created, sent, wake_first, wake_second) = {
         let mut first_w = first.mailbox.lock();
         let mut second_w = (first.id != second.id).then(|| second.mailbox.lock());
         let created = stamp();
-        let json = render::message(uuid, created, sender.id, receiver.id, body, attachments);
-        let wake_first = first_w.push(created, &json);
-        let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, &json));
-        (created, json, wake_first, wake_second)
+        let sent = render::message(uuid, created, sender.id, receiver.id, body, attachments);
+        let wake_first = first_w.push(created, sent.json());
+        let wake_second = second_w.as_mut().is_some_and(|w| w.push(created, sent.json()));
+        (created, sent, wake_first, wake_second)
     };
     // Waiters are woken once the mailboxes are unlocked: they re-read them at once.
     if wake_first {
@@ -469,7 +469,7 @@ fn deliver(
     if wake_second {
         second.wake.notify_waiters();
     }
-    (created, json)
+    (created, sent)
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl Engine {
         }
         for m in snapshot.messages {
             self.clock.advance_past(m.created_ns);
-            let json =
+            let sent =
                 render::message(m.uuid, m.created_ns, m.sender_id, m.receiver_id, &m.body, m.attachments.as_deref());
             let mut ids = [m.sender_id, m.receiver_id];
             ids.sort_unstable();
@@ -59,7 +59,7 @@ impl Engine {
                     // steps of its own, so it may still hold some): it stays out. (Pushes go in
                     // order, so one evicted here is always older than the next pushed.)
                     if u.mailbox.watermark().is_none_or(|left| m.created_ns > left) {
-                        u.mailbox.lock().push(m.created_ns, json.clone());
+                        u.mailbox.lock().push(m.created_ns, sent.json());
                     }
                 }
             }
