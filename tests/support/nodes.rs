@@ -793,10 +793,10 @@ pub async fn assert_nodes_agree(nodes: &Nodes, receiver_session: &str, limit: Du
         let mut views = Vec::new();
         for (i, api) in nodes.apis() {
             let (users, sessions) = (ok(&api.get("/api/users").await), ok(&api.get("/api/sessions").await));
-            views.push((i, View { users, sessions, ..mailbox.clone() }));
+            views.push((i, View { meta: Value::Null, messages: Vec::new(), users, sessions }));
         }
-        if let Some(agreed) = agreed_or_panic(views, deadline, limit).await {
-            return agreed;
+        if let Some(lists) = agreed_or_panic(views, deadline, limit).await {
+            return View { users: lists.users, sessions: lists.sessions, ..mailbox };
         }
     }
 }
