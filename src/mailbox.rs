@@ -23,7 +23,7 @@
 //!
 //! # Memory that follows use
 //!
-//! A mailbox starts with no ring at all (an empty mailbox costs its 112-byte header; each
+//! A mailbox starts with no ring at all (an empty mailbox costs its 120-byte header; each
 //! message then costs its 32-byte slot and its JSON). The first push allocates a ring of
 //! [`MIN_RING`] slots; a push into a full ring that is still below the mailbox's capacity
 //! replaces it with one twice as large (up to the capacity), and a cull that leaves the ring at
@@ -359,6 +359,10 @@ pub struct Mailbox {
     head: AtomicU64,
     /// Newest `created` that has left the mailbox, or [`NO_WATERMARK`].
     left: AtomicI64,
+    /// The `created` of the newest push, or [`NO_WATERMARK`] before the first: a read whose
+    /// cutoff is at or past it — the empty poll, a chat server's most common request — answers
+    /// from this load alone, without pinning the epoch or touching the ring.
+    last: AtomicI64,
     /// Serialises writers and holds their bookkeeping.
     writer: Mutex<WriterState>,
     /// Readers waiting for the next push (held polls, streams); see "Waiting" in the module doc.
@@ -501,6 +505,7 @@ impl Mailbox {
             ring: Atomic::null(),
             head: AtomicU64::new(0),
             left: AtomicI64::new(NO_WATERMARK),
+            last: AtomicI64::new(NO_WATERMARK),
             writer: Mutex::new(WriterState { capacity, ..WriterState::default() }),
             waiting: AtomicU32::new(0),
         }
@@ -589,14 +594,17 @@ impl Mailbox {
     /// `out`, **oldest first**, separated by commas — the inside of a poll answer's array — and
     /// reports the newest one and whether there is a gap. The poll's hot path.
     ///
-    /// Lock-free, and it copies nothing: pinned once, it loads the head and then the ring, finds
-    /// the oldest message to return (`seek`: O(log k) loads for k messages returned, 1 for an
-    /// empty poll), and walks forward gathering the pieces into [`Run`]s, one per segment
+    /// Lock-free, and it copies nothing. A cutoff at or past the newest push is answered from
+    /// one load (`last`). Otherwise, pinned once, it loads the head and then the ring, finds
+    /// the oldest message to return (`seek`: O(log k) loads for k messages returned), and walks forward gathering the pieces into [`Run`]s, one per segment
     /// spanned — a reference count taken per run, not per message. `out` then copies them or
     /// keeps them. If a message left during the walk (a writer lapped the ring), the runs before
     /// it are dropped, so the answer stays one contiguous run of the newest messages, and the
     /// watermark (loaded last) reports the gap.
     pub fn read_into<A: Append>(&self, cutoff: Option<i128>, out: &mut A) -> ReadOutcome {
+        if self.nothing_after(cutoff) {
+            return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
+        }
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let Some(ring) = self.ring(&guard) else {
@@ -654,6 +662,9 @@ impl Mailbox {
     /// first, with the gap reported from the watermark loaded after it. A reference count is
     /// taken per segment spanned (no copy).
     pub fn read_messages(&self, cutoff: Option<i128>, limit: usize, out: &mut Vec<(i64, Bytes)>) -> ReadOutcome {
+        if self.nothing_after(cutoff) {
+            return ReadOutcome { newest: None, gap: self.gap_after(cutoff) };
+        }
         let guard = epoch::pin();
         let head = self.head.load(Ordering::Acquire);
         let Some(ring) = self.ring(&guard) else {
@@ -695,6 +706,12 @@ impl Mailbox {
         }
         let newest = pieces.last().map(|p| p.created);
         ReadOutcome { newest, gap: self.gap_after(cutoff) }
+    }
+
+    /// Whether nothing was pushed after `cutoff`: then a read returns nothing, whatever the ring
+    /// holds. A push concurrent with the load is ordered after the read.
+    fn nothing_after(&self, cutoff: Option<i128>) -> bool {
+        cutoff.is_some_and(|c| i128::from(self.last.load(Ordering::Acquire)) <= c)
     }
 
     /// Whether a message newer than `cutoff` has left (see the module doc).
@@ -878,6 +895,8 @@ impl MailboxWriter<'_> {
         if let Some((_, old)) = old {
             self.leave(old, &guard);
         }
+        // Before the head: a reader that sees the push by the head (or is woken for it) sees it here.
+        mb.last.store(created, Ordering::Release);
         mb.head.store(pos + 1, Ordering::Release);
         let oldest = (pos + 1).saturating_sub(ring.slots.len() as u64);
         if self.state.tail < oldest {
