@@ -1,7 +1,8 @@
 //! loom model of the mailbox ring: under every interleaving loom explores (bounded preemption), a
 //! lock-free reader never sees a torn, stale or overwritten slot, gets a contiguous run of pushes
 //! oldest first, and reports a gap whenever it missed a message — while a writer pushes over the
-//! ring and culls, and entries are freed through the epoch.
+//! ring and culls, and rings and segments are freed through the epoch. (It found the first seqlock
+//! version missing a gap: see `src/mailbox.rs`, "Memory reclamation".)
 #![cfg(chatbus_loom)]
 
 use bytes::{Bytes, BytesMut};
