@@ -140,6 +140,80 @@ fn reader_during_shrink_and_regrowth() {
     });
 }
 
+/// The empty-poll fast path (a cutoff at the newest push answers from one load) while the writer
+/// pushes and overwrites: whatever the read returns is a contiguous run after the cutoff, its
+/// newest the last, with a gap when it starts later.
+#[test]
+fn fast_path_during_push() {
+    model(|| {
+        let mb = Arc::new(Mailbox::new(1));
+        mb.lock().push(1, json(1));
+        let writer = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || {
+                mb.lock().push(2, json(2));
+                mb.lock().push(3, json(3)); // overwrites 2
+            })
+        };
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(1), &mut buf);
+        check(&buf, 1, o.newest, o.gap);
+        writer.join().unwrap();
+    });
+}
+
+/// The streams' read, one `Bytes` per message, while the writer overwrites: each message as
+/// written, a contiguous run, a gap when one is missed.
+#[test]
+fn read_messages_during_overwrite() {
+    model(|| {
+        let mb = Arc::new(Mailbox::new(2));
+        mb.lock().push(1, json(1));
+        mb.lock().push(2, json(2));
+        let writer = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || {
+                mb.lock().push(3, json(3));
+                mb.lock().push(4, json(4));
+            })
+        };
+        let mut out = Vec::new();
+        let o = mb.read_messages(Some(0), 8, &mut out);
+        let joined = out.iter().map(|(_, b)| std::str::from_utf8(b).expect("utf-8")).collect::<Vec<_>>().join(",");
+        for (created, b) in &out {
+            assert_eq!(&b[..], json(*created), "each message as written");
+        }
+        check(joined.as_bytes(), 0, o.newest, o.gap);
+        writer.join().unwrap();
+    });
+}
+
+/// A cull that empties the mailbox (its ring and segment let go), then a push into a new one,
+/// while a reader reads.
+#[test]
+fn reader_during_cull_to_empty_and_push() {
+    model(|| {
+        let mb = Arc::new(Mailbox::new(2));
+        mb.lock().push(1, json(1));
+        mb.lock().push(2, json(2));
+        let writer = {
+            let mb = mb.clone();
+            loom::thread::spawn(move || {
+                assert_eq!(mb.lock().cull_before(3), Some(2));
+                mb.lock().push(3, json(3));
+            })
+        };
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(0), &mut buf);
+        check(&buf, 0, o.newest, o.gap);
+        writer.join().unwrap();
+        let mut buf = BytesMut::new();
+        let o = mb.read_into(Some(0), &mut buf);
+        assert_eq!(parse(&buf), vec![3]);
+        assert!(o.gap, "1 and 2 were culled");
+    });
+}
+
 /// The waiter's registration against a push: either the waiter's look after registering sees
 /// the message, or the push sees the waiter (and wakes it) — never neither, under every
 /// interleaving. A lost wake-up would leave a held poll asleep with its message in the mailbox.
